@@ -1,0 +1,188 @@
+//! Harness for tests that need the real control plane from `tests/cluster/`.
+//!
+//! [`Cluster::shared`] runs `tests/cluster/up` once per test process (it is idempotent
+//! and serialised with a lock, so every test binary shares one cluster). If the
+//! cluster cannot be started the calling test **fails** with the script's output:
+//! these tests never skip.
+#![allow(clippy::expect_used, clippy::panic)] // a harness failure must fail the test loudly
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    sync::OnceLock,
+    time::Duration,
+};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::{
+    Api, Client, Config,
+    api::{DeleteParams, PostParams},
+    config::{KubeConfigOptions, Kubeconfig},
+};
+
+/// The repository's top directory.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("repo root")
+}
+
+/// A running control plane: where its kubeconfig is and where its binaries live.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub kubeconfig: PathBuf,
+    pub bin_dir: PathBuf,
+    /// `APIW_CLUSTER_DIR` used to start it (None = the shared default).
+    pub state_dir: Option<PathBuf>,
+}
+
+impl Cluster {
+    /// The shared cluster, started on first use.
+    pub fn shared() -> &'static Cluster {
+        static SHARED: OnceLock<Cluster> = OnceLock::new();
+        SHARED.get_or_init(|| Cluster::up(None))
+    }
+
+    /// Runs `tests/cluster/up` (optionally for a private state dir) and parses its exports.
+    pub fn up(state_dir: Option<&Path>) -> Cluster {
+        let mut cmd = Command::new(repo_root().join("tests/cluster/up"));
+        if let Some(dir) = state_dir {
+            cmd.env("APIW_CLUSTER_DIR", dir);
+        }
+        let out = cmd.output().expect("could not run tests/cluster/up");
+        assert!(
+            out.status.success(),
+            "tests/cluster/up failed ({}); a test that needs the cluster cannot pass without it:\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let export = |name: &str| -> String {
+            stdout
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("export {name}=\"")))
+                .map(|v| v.trim_end_matches('"').to_string())
+                .unwrap_or_else(|| panic!("tests/cluster/up printed no {name}:\n{stdout}"))
+        };
+        let path = export("PATH");
+        let bin_dir = path.split(':').next().expect("PATH entry").to_string();
+        Cluster {
+            kubeconfig: PathBuf::from(export("KUBECONFIG")),
+            bin_dir: PathBuf::from(bin_dir),
+            state_dir: state_dir.map(Path::to_path_buf),
+        }
+    }
+
+    /// A kube client authenticated as the cluster admin.
+    pub async fn client(&self) -> Client {
+        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig).expect("read kubeconfig");
+        let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .expect("kubeconfig");
+        Client::try_from(config).expect("client")
+    }
+
+    /// A command for one of the cluster's binaries (kubectl, helm, …) with KUBECONFIG set.
+    pub fn command(&self, binary: &str) -> Command {
+        let mut cmd = Command::new(self.bin_dir.join(binary));
+        cmd.env("KUBECONFIG", &self.kubeconfig);
+        cmd
+    }
+
+    /// Runs kubectl and returns (success, stdout, stderr).
+    pub fn kubectl(&self, args: &[&str]) -> (bool, String, String) {
+        let out = self
+            .command("kubectl")
+            .args(args)
+            .output()
+            .expect("run kubectl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+/// A namespace that exists for one test; deleted (in the background) on drop.
+#[allow(missing_debug_implementations)] // kube::Client has no Debug
+pub struct TestNamespace {
+    pub name: String,
+    client: Client,
+}
+
+impl TestNamespace {
+    /// Creates `<prefix>-<unique>` with the given labels.
+    pub async fn create(client: &Client, prefix: &str, labels: &[(&str, &str)]) -> TestNamespace {
+        let name = format!("{prefix}-{}", unique_suffix());
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": name,
+                "labels": labels.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+            }
+        }))
+        .expect("namespace");
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("create namespace");
+        // Pods need the namespace's default ServiceAccount (the controller-manager makes it).
+        let sa: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(client.clone(), &name);
+        wait_until(
+            Duration::from_secs(30),
+            "default ServiceAccount",
+            || async { sa.get_opt("default").await.ok().flatten().is_some() },
+        )
+        .await;
+        TestNamespace {
+            name,
+            client: client.clone(),
+        }
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        let (client, name) = (self.client.clone(), self.name.clone());
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let _ = Api::<Namespace>::all(client)
+                    .delete(&name, &DeleteParams::default())
+                    .await;
+            });
+        }
+    }
+}
+
+/// A short suffix unique within this machine for the test run.
+pub fn unique_suffix() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{:x}{:x}{n}", std::process::id() % 0xfff, nanos % 0xffff)
+}
+
+/// Polls `check` every 200 ms until it returns true; panics with `what` after `timeout`.
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,0 +1,33 @@
+# Shared by tests/run and tests/demo: installs what the project needs on a fresh
+# machine and points cargo at a target dir outside the repo. Sourced, not run.
+set -euo pipefail
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+APIW_CACHE=${APIW_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/apiworkload}
+say() { printf '\n==> %s\n' "$*" >&2; }
+
+install_prerequisites() {
+  local missing=()
+  command -v openssl >/dev/null || missing+=(openssl)
+  command -v curl >/dev/null || missing+=(curl)
+  command -v flock >/dev/null || missing+=(util-linux)
+  command -v jq >/dev/null || missing+=(jq)
+  if [ ${#missing[@]} -gt 0 ]; then
+    say "installing ${missing[*]} (apt)"
+    if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null
+    else sudo apt-get update -qq && sudo apt-get install -y -qq "${missing[@]}" >/dev/null; fi
+  fi
+  command -v go >/dev/null || { echo "Go is required (it builds the test control plane)" >&2; exit 1; }
+  command -v cargo >/dev/null || { echo "Rust (cargo) is required" >&2; exit 1; }
+  if command -v rustup >/dev/null; then
+    rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt >&2
+  fi
+}
+
+# One cargo target dir per lockfile and compiler: a fresh clone on a warm machine
+# compiles only the workspace crates.
+use_cargo_cache() {
+  local key
+  key=$( (cat "$REPO/Cargo.lock" 2>/dev/null; rustc -V) | sha256sum | cut -c1-16)
+  export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$APIW_CACHE/cargo-target/$key}
+  mkdir -p "$CARGO_TARGET_DIR"
+}
