@@ -15,7 +15,7 @@ pub const GRACE_BUFFER: GoDuration = GoDuration::from_secs(5);
 /// to kill healthy workers (DOMAIN.md §2).
 pub const MIN_HEARTBEAT_SUBCORE: GoDuration = GoDuration::from_secs(30);
 pub const DEFAULT_HEARTBEAT: GoDuration = GoDuration::from_secs(30);
-pub const DEFAULT_REQUEST: GoDuration = GoDuration::from_secs(60);
+pub const DEFAULT_REQUEST: GoDuration = GoDuration::from_secs(30);
 pub const DEFAULT_GRACEFUL: GoDuration = GoDuration::from_secs(30);
 pub const DEFAULT_STARTUP: GoDuration = GoDuration::from_secs(60);
 /// Keep-alive when nothing is known in front (uvicorn's own default).
@@ -270,7 +270,7 @@ mod tests {
         assert_eq!(b.keep_alive.to_string(), "1m15s");
         assert_eq!(b.drain.to_string(), "25s");
         assert_eq!(b.termination_grace_period.to_string(), "1m");
-        assert_eq!(b.request_timeout.to_string(), "55s", "below ALB's 60s");
+        assert_eq!(b.request_timeout.to_string(), "30s");
         assert_eq!(b.worker_heartbeat.to_string(), "30s");
     }
 

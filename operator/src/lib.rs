@@ -5,4 +5,6 @@
 
 pub mod api;
 pub mod budget;
+pub mod plan;
+pub mod render;
 pub mod sizing;

@@ -363,7 +363,8 @@ impl UpstreamKind {
 #[serde(rename_all = "camelCase")]
 pub struct Timeouts {
     /// Longest a request may take. For sync gunicorn workers this is the worker timeout;
-    /// for async servers it must stay below the upstream's request timeout. Default 60s.
+    /// for async servers it must stay below the upstream's request timeout. Default 30s
+    /// (less behind upstreams that give up sooner), matching the graceful shutdown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<GoDuration>,
     /// Budget for the process to start serving (imports, model load): the startup probe
