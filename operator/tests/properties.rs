@@ -1,0 +1,135 @@
+#![allow(clippy::unwrap_used)] // test code
+//! Property tests: for any spec, planning never panics; for every spec it accepts,
+//! rendering never panics and the rendered objects keep the invariants of DOMAIN.md.
+
+use apiworkload_operator::{
+    api::{
+        ApiWorkload, ApiWorkloadSpec, GoDuration, Profile, Recycling, ServerKind, UpstreamKind,
+        quantity::parse_quantity,
+    },
+    budget::{GRACE_BUFFER, effective_upstream},
+    plan::plan,
+    render::{RenderContext, render},
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use proptest::prelude::*;
+
+fn arb_server() -> impl Strategy<Value = ServerKind> {
+    proptest::sample::select(ServerKind::ALL.to_vec())
+}
+
+fn arb_upstream() -> impl Strategy<Value = UpstreamKind> {
+    proptest::sample::select(UpstreamKind::ALL.to_vec())
+}
+
+/// Explicit timings in a quarter of the cases, so most specs exercise the derivations.
+fn arb_secs(max: u64) -> impl Strategy<Value = Option<GoDuration>> {
+    proptest::option::weighted(0.25, (1..=max).prop_map(GoDuration::from_secs))
+}
+
+prop_compose! {
+    fn arb_spec()(
+        server in arb_server(),
+        cpu_bound in any::<bool>(),
+        limit_cpu_m in proptest::option::of(50u32..32_000),
+        request_cpu_m in proptest::option::of(50u32..32_000),
+        limit_mem_mi in proptest::option::of(64u32..65_536),
+        per_worker_mi in 32u32..4096,
+        count in proptest::option::of(1i32..64),
+        max in proptest::option::of(1i32..64),
+        threads in proptest::option::of(1i32..16),
+        upstream in arb_upstream(),
+        idle in arb_secs(4000),
+        pooling in proptest::option::of(any::<bool>()),
+        keep_alive in arb_secs(4000),
+        request in arb_secs(600),
+        graceful in arb_secs(300),
+        drain in arb_secs(120),
+        grace in arb_secs(600),
+        heartbeat in arb_secs(600),
+        recycling in proptest::option::of((0i32..100_000, 0i32..10_000)),
+        min_replicas in 0i32..20,
+        extra in 0i32..20,
+    ) -> ApiWorkloadSpec {
+        let mut s: ApiWorkloadSpec = serde_json::from_value(serde_json::json!({
+            "image": "registry.example/app:1", "app": "app.main:app"
+        })).unwrap();
+        s.server = server;
+        s.profile = if cpu_bound { Profile::CpuBound } else { Profile::IoBound };
+        s.resources.limits.cpu = limit_cpu_m.map(|m| Quantity(format!("{m}m")));
+        s.resources.requests.cpu = request_cpu_m.map(|m| Quantity(format!("{m}m")));
+        s.resources.limits.memory = limit_mem_mi.map(|m| Quantity(format!("{m}Mi")));
+        s.workers.per_worker_memory = Quantity(format!("{per_worker_mi}Mi"));
+        s.workers.count = count;
+        s.workers.max = max;
+        s.workers.threads = threads;
+        s.upstream.kind = upstream;
+        s.upstream.idle_timeout = idle;
+        s.upstream.pooling = pooling;
+        s.timeouts.keep_alive = keep_alive;
+        s.timeouts.request = request;
+        s.timeouts.graceful_shutdown = graceful;
+        s.timeouts.drain = drain;
+        s.timeouts.termination_grace_period = grace;
+        s.timeouts.worker_heartbeat = heartbeat;
+        s.recycling = recycling.map(|(max_requests, jitter)| Recycling { max_requests, jitter });
+        s.scaling.min_replicas = min_replicas;
+        s.scaling.max_replicas = (min_replicas + extra).max(1);
+        s
+    }
+}
+
+fn mebibytes(q: &Quantity) -> f64 {
+    parse_quantity(q).unwrap() / (1024.0 * 1024.0)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(2_000),
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn accepted_specs_render_objects_that_keep_the_invariants(spec in arb_spec()) {
+        // About 56% of generated specs plan cleanly (measured); the rest must not panic.
+        let Ok(p) = plan(&spec) else { return Ok(()) };
+        let mut aw = ApiWorkload::new("w", spec.clone());
+        aw.metadata.namespace = Some("ns".into());
+        aw.metadata.uid = Some("uid".into());
+        let r = render(&aw, &p, &RenderContext::default());
+
+        prop_assert!(p.sizing.workers >= 1);
+        if let Some(limit) = &spec.resources.limits.memory {
+            let used = mebibytes(&spec.workers.supervisor_memory)
+                + f64::from(p.sizing.workers) * mebibytes(&spec.workers.per_worker_memory);
+            prop_assert!(used <= mebibytes(limit) + 1e-6, "{used} MiB > limit {limit:?}");
+        }
+        let up = effective_upstream(&spec);
+        if let (Some(idle), true) = (up.idle, spec.upstream.kind != UpstreamKind::None) {
+            if up.pooling {
+                prop_assert!(p.budget.keep_alive > idle, "keep-alive {} ≤ idle {idle}", p.budget.keep_alive);
+            } else {
+                prop_assert!(p.budget.keep_alive < idle);
+            }
+        }
+        let b = &p.budget;
+        prop_assert!(b.termination_grace_period.0 >= b.drain.0 + b.graceful_shutdown.0 + GRACE_BUFFER.0);
+
+        let pod = r.deployment.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        let app = &pod.containers[0];
+        prop_assert!(pod.termination_grace_period_seconds.unwrap() >= b.drain.ceil_secs() + b.graceful_shutdown.ceil_secs());
+        prop_assert!(app.liveness_probe.as_ref().unwrap().timeout_seconds.unwrap() >= 3);
+        let startup = app.startup_probe.as_ref().unwrap();
+        prop_assert!(i64::from(startup.period_seconds.unwrap() * startup.failure_threshold.unwrap()) >= b.startup.ceil_secs());
+        let command = app.command.as_ref().unwrap();
+        prop_assert!(!command.iter().any(|a| a == "sh" || a == "-c"), "exec form only");
+        if spec.server.is_gunicorn() {
+            let w = command.iter().position(|a| a == "--workers").unwrap();
+            prop_assert_eq!(&command[w + 1], &p.sizing.workers.to_string());
+        }
+        if spec.recycling.as_ref().is_some_and(|r| r.max_requests > 0) && spec.server.is_gunicorn() {
+            prop_assert!(command.iter().any(|a| a == "--max-requests-jitter"));
+        }
+        prop_assert_eq!(r.pdb.is_some(), spec.scaling.min_replicas >= 2);
+    }
+}
