@@ -1,10 +1,17 @@
 //! The ApiWorkload operator.
 //!
-//! Pure decisions (`sizing`, `budget`, `render`) turn a spec into the objects the
-//! cluster should hold; the controller only applies them and reports status.
+//! Pure decisions (`sizing`, `budget`, `plan`, `render`, `conditions`, `rollup`) turn a
+//! spec into the objects the cluster should hold; `controller` only applies them with
+//! server-side apply and reports status.
 
 pub mod api;
+pub mod applied;
 pub mod budget;
+pub mod conditions;
+pub mod controller;
+pub mod leader;
+pub mod metrics;
 pub mod plan;
 pub mod render;
+pub mod rollup;
 pub mod sizing;

@@ -16,7 +16,7 @@ use std::{
 use k8s_openapi::api::core::v1::Namespace;
 use kube::{
     Api, Client, Config,
-    api::{DeleteParams, PostParams},
+    api::PostParams,
     config::{KubeConfigOptions, Kubeconfig},
 };
 
@@ -106,11 +106,10 @@ impl Cluster {
     }
 }
 
-/// A namespace that exists for one test; deleted (in the background) on drop.
-#[allow(missing_debug_implementations)] // kube::Client has no Debug
+/// A namespace that exists for one test; its deletion is requested on drop.
+#[derive(Debug)]
 pub struct TestNamespace {
     pub name: String,
-    client: Client,
 }
 
 impl TestNamespace {
@@ -137,23 +136,15 @@ impl TestNamespace {
             || async { sa.get_opt("default").await.ok().flatten().is_some() },
         )
         .await;
-        TestNamespace {
-            name,
-            client: client.clone(),
-        }
+        TestNamespace { name }
     }
 }
 
 impl Drop for TestNamespace {
+    /// Synchronous (kubectl), because a task spawned here would die with the test's
+    /// runtime; `--wait=false` leaves the garbage collection to the cluster.
     fn drop(&mut self) {
-        let (client, name) = (self.client.clone(), self.name.clone());
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
-                let _ = Api::<Namespace>::all(client)
-                    .delete(&name, &DeleteParams::default())
-                    .await;
-            });
-        }
+        let _ = Cluster::shared().kubectl(&["delete", "namespace", &self.name, "--wait=false"]);
     }
 }
 
@@ -179,6 +170,47 @@ where
     loop {
         if check().await {
             return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Installs the generated CRDs (`crds/`) once per process and waits until they are served.
+pub fn install_crds(cluster: &Cluster) {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let crds = repo_root().join("crds");
+        let (ok, out, err) = cluster.kubectl(&[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            &crds.to_string_lossy(),
+        ]);
+        assert!(ok, "kubectl apply -f crds/ failed: {out}{err}");
+        let (ok, out, err) = cluster.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=30s",
+            "crd/apiworkloads.apiworkload.io",
+        ]);
+        assert!(ok, "CRD not established: {out}{err}");
+    });
+}
+
+/// Polls `probe` every 200 ms until it yields a value; panics with `what` after `timeout`.
+pub async fn poll_until<T, F, Fut>(timeout: Duration, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
         }
         if tokio::time::Instant::now() >= deadline {
             panic!("timed out after {timeout:?} waiting for {what}");

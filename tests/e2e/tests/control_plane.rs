@@ -284,3 +284,30 @@ fn write_probe_chart() -> std::path::PathBuf {
     .unwrap();
     dir
 }
+
+/// Without a renewed node Lease the node-lifecycle controller marks the node NotReady
+/// after its grace period and flips running pods to Ready=False.
+#[tokio::test]
+async fn kwok_renews_the_node_lease() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let client = Cluster::shared().client().await;
+    let leases: Api<Lease> = Api::namespaced(client, "kube-node-lease");
+    let renewed = || async {
+        leases
+            .get_opt("kwok-node-0")
+            .await
+            .unwrap()
+            .and_then(|l| l.spec)
+            .and_then(|s| s.renew_time)
+            .map(|t| t.0)
+    };
+    let first =
+        apiworkload_e2e::poll_until(Duration::from_secs(30), "a Lease for kwok-node-0", renewed)
+            .await;
+    wait_until(
+        Duration::from_secs(60),
+        "the node Lease to be renewed",
+        || async { renewed().await > Some(first) },
+    )
+    .await;
+}

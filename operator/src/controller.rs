@@ -1,0 +1,552 @@
+//! The reconcile loop: plan → render (pure) → apply what differs with server-side apply →
+//! report status, conditions and events. It writes nothing when nothing changed.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use futures::StreamExt;
+use k8s_openapi::{
+    api::{
+        apps::v1::Deployment, autoscaling::v2::HorizontalPodAutoscaler, core::v1::Pod,
+        core::v1::Service, policy::v1::PodDisruptionBudget,
+    },
+    apimachinery::pkg::apis::meta::v1::Time,
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{
+        ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
+    },
+    runtime::{
+        Controller,
+        controller::Action,
+        events::{Event, EventType, Recorder, Reporter},
+        reflector::ObjectRef,
+        watcher,
+    },
+};
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::{
+    api::{ApiWorkload, ApiWorkloadStatus, EffectiveTimings, ReplicasStatus, WorkersStatus},
+    applied::is_applied,
+    conditions::{self, Desired},
+    metrics::Metrics,
+    plan::{Plan, plan},
+    render::{
+        Autoscaler, RenderContext, Rendered, WORKLOAD_LABEL, command::display_command, render,
+    },
+    rollup::roll_up,
+};
+
+/// The one field manager for every write.
+pub const FIELD_MANAGER: &str = "apiworkload-operator";
+/// Periodic resync: catches drift in children nobody watches (ScaledObjects).
+pub const RESYNC: Duration = Duration::from_secs(300);
+
+/// Everything a reconcile can fail with; the variant name is the `error` metric label.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("serialization: {0}")]
+    Serialization(#[from] serde_json::Error),
+    #[error(
+        "{kind} {name} exists and is not owned by this ApiWorkload: rename the ApiWorkload or delete the {kind}"
+    )]
+    ChildConflict { kind: &'static str, name: String },
+    #[error("ApiWorkload has no namespace")]
+    NoNamespace,
+}
+
+impl Error {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "Kube",
+            Error::Serialization(_) => "Serialization",
+            Error::ChildConflict { .. } => "ChildConflict",
+            Error::NoNamespace => "NoNamespace",
+        }
+    }
+}
+
+/// Shared state of the controller.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+    /// Operator-wide rendering settings (sidecar image, Prometheus address).
+    pub render: RenderContext,
+    /// Whether KEDA's ScaledObject API is served (refreshed in the background).
+    pub keda: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("render", &self.render)
+            .field("keda", &self.keda)
+            .finish()
+    }
+}
+
+impl Context {
+    pub fn new(client: Client, metrics: Metrics, render: RenderContext) -> Arc<Context> {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: FIELD_MANAGER.into(),
+                instance: None,
+            },
+        );
+        Arc::new(Context {
+            client,
+            recorder,
+            metrics,
+            render,
+            keda: Arc::new(AtomicBool::new(false)),
+        })
+    }
+}
+
+fn scaled_object_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("keda.sh", "v1alpha1", "ScaledObject"),
+        "scaledobjects",
+    )
+}
+
+/// Whether the cluster serves KEDA ScaledObjects.
+pub async fn keda_installed(client: &Client) -> bool {
+    client
+        .list_api_group_resources("keda.sh/v1alpha1")
+        .await
+        .is_ok_and(|list| list.resources.iter().any(|r| r.name == "scaledobjects"))
+}
+
+fn controlled_by(
+    meta_owner: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference],
+    aw: &ApiWorkload,
+) -> bool {
+    let uid = aw.uid();
+    meta_owner
+        .iter()
+        .any(|o| o.controller == Some(true) && Some(&o.uid) == uid.as_ref())
+}
+
+/// Applies `desired` when the live object differs, deletes an owned leftover when
+/// nothing is desired. Returns whether it wrote.
+async fn sync_child<K>(
+    api: &Api<K>,
+    aw: &ApiWorkload,
+    kind: &'static str,
+    desired: Option<&K>,
+    ctx: &Context,
+) -> Result<bool, Error>
+where
+    K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+{
+    let name = aw.name_any();
+    let live = api.get_opt(&name).await?;
+    if let Some(live) = &live
+        && !controlled_by(
+            live.meta().owner_references.as_deref().unwrap_or_default(),
+            aw,
+        )
+    {
+        return Err(Error::ChildConflict { kind, name });
+    }
+    match (desired, live) {
+        (Some(desired), live) => {
+            let desired_json = serde_json::to_value(desired)?;
+            if let Some(live) = live
+                && is_applied(&desired_json, &serde_json::to_value(&live)?)
+            {
+                return Ok(false);
+            }
+            api.patch(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&desired_json),
+            )
+            .await?;
+            ctx.metrics.count_write(kind);
+            Ok(true)
+        }
+        (None, Some(_)) => {
+            api.delete(&name, &DeleteParams::background()).await?;
+            ctx.metrics.count_write(kind);
+            Ok(true)
+        }
+        (None, None) => Ok(false),
+    }
+}
+
+async fn apply_children(
+    aw: &ApiWorkload,
+    rendered: &Rendered,
+    keda: bool,
+    ctx: &Context,
+) -> Result<bool, Error> {
+    let ns = aw.namespace().ok_or(Error::NoNamespace)?;
+    let client = &ctx.client;
+    let hpa = match &rendered.autoscaler {
+        Autoscaler::Hpa(h) => Some(h.as_ref()),
+        _ => None,
+    };
+    // Service first: endpoints exist by the time pods turn ready.
+    let mut wrote = sync_child(
+        &Api::<Service>::namespaced(client.clone(), &ns),
+        aw,
+        "Service",
+        Some(&rendered.service),
+        ctx,
+    )
+    .await?;
+    wrote |= sync_child(
+        &Api::<Deployment>::namespaced(client.clone(), &ns),
+        aw,
+        "Deployment",
+        Some(&rendered.deployment),
+        ctx,
+    )
+    .await?;
+    wrote |= sync_child(
+        &Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns),
+        aw,
+        "PodDisruptionBudget",
+        rendered.pdb.as_ref(),
+        ctx,
+    )
+    .await?;
+    wrote |= sync_child(
+        &Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), &ns),
+        aw,
+        "HorizontalPodAutoscaler",
+        hpa,
+        ctx,
+    )
+    .await?;
+    if keda {
+        // Exactly one autoscaler: a ScaledObject replaces the HPA and vice versa.
+        let api =
+            Api::<DynamicObject>::namespaced_with(client.clone(), &ns, &scaled_object_resource());
+        let desired = match &rendered.autoscaler {
+            Autoscaler::ScaledObject(v) => {
+                Some(serde_json::from_value::<DynamicObject>(v.clone())?)
+            }
+            _ => None,
+        };
+        wrote |= sync_child(&api, aw, "ScaledObject", desired.as_ref(), ctx).await?;
+    }
+    Ok(wrote)
+}
+
+fn ready_condition(deployment: Option<&Deployment>) -> (Desired, ReplicasStatus) {
+    let Some(d) = deployment else {
+        return (
+            Desired::new(
+                "Ready",
+                Some(false),
+                "Pending",
+                "the Deployment does not exist yet",
+            ),
+            ReplicasStatus::default(),
+        );
+    };
+    let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let status = d.status.clone().unwrap_or_default();
+    let ready = status.ready_replicas.unwrap_or(0);
+    let updated = status.updated_replicas.unwrap_or(0);
+    let current = status.observed_generation >= d.metadata.generation;
+    let replicas = ReplicasStatus { desired, ready };
+    let cond = if current && ready >= desired && updated >= desired && desired > 0 {
+        Desired::new(
+            "Ready",
+            Some(true),
+            "Available",
+            format!("{ready}/{desired} pods ready"),
+        )
+    } else if desired == 0 {
+        Desired::new("Ready", Some(true), "ScaledToZero", "no replicas requested")
+    } else if !current || updated < desired {
+        Desired::new(
+            "Ready",
+            Some(false),
+            "RollingOut",
+            format!("{updated}/{desired} pods updated, {ready} ready"),
+        )
+    } else {
+        Desired::new(
+            "Ready",
+            Some(false),
+            "Unavailable",
+            format!("{ready}/{desired} pods ready"),
+        )
+    };
+    (cond, replicas)
+}
+
+fn status_from_plan(plan: &Plan, rendered: &Rendered) -> ApiWorkloadStatus {
+    let s = &plan.sizing;
+    let b = &plan.budget;
+    ApiWorkloadStatus {
+        workers: Some(WorkersStatus {
+            count: s.workers,
+            threads: s.threads,
+            basis: s.basis.as_str().into(),
+            cores: s.cores,
+            memory_cap: s.memory_cap,
+        }),
+        effective: Some(EffectiveTimings {
+            keep_alive: b.keep_alive.to_string(),
+            request_timeout: b.request_timeout.to_string(),
+            worker_heartbeat: b.worker_heartbeat.to_string(),
+            graceful_shutdown: b.graceful_shutdown.to_string(),
+            pre_stop_sleep: b.drain.to_string(),
+            termination_grace_period: b.termination_grace_period.to_string(),
+            startup_budget: b.startup.to_string(),
+        }),
+        command: Some(display_command(&rendered.command)),
+        autoscaler: Some(rendered.autoscaler.kind().into()),
+        warnings: plan.warnings.clone(),
+        ..Default::default()
+    }
+}
+
+/// Reconciles one ApiWorkload.
+pub async fn reconcile(aw: Arc<ApiWorkload>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_inner(&aw, &ctx).await;
+    ctx.metrics
+        .reconcile_duration
+        .observe(started.elapsed().as_secs_f64());
+    match &result {
+        Ok(outcome) => ctx.metrics.count_result(outcome),
+        Err(e) => {
+            ctx.metrics.count_result("error");
+            ctx.metrics
+                .errors
+                .get_or_create(&crate::metrics::ErrorLabels {
+                    error: e.metric_label().into(),
+                })
+                .inc();
+        }
+    }
+    result.map(|_| Action::requeue(RESYNC))
+}
+
+async fn reconcile_inner(aw: &ApiWorkload, ctx: &Context) -> Result<&'static str, Error> {
+    let ns = aw.namespace().ok_or(Error::NoNamespace)?;
+    let name = aw.name_any();
+    let keda = ctx.keda.load(Ordering::Relaxed);
+    let mut desired_conditions = Vec::new();
+    let mut wrote = false;
+    let mut invalid = false;
+    let mut status = match plan(&aw.spec) {
+        Ok(plan) => {
+            let rctx = RenderContext {
+                keda_available: keda,
+                ..ctx.render.clone()
+            };
+            let rendered = render(aw, &plan, &rctx);
+            wrote |= apply_children(aw, &rendered, keda, ctx).await?;
+            let note = &rendered.autoscaling_note;
+            desired_conditions.push(Desired::new(
+                "ConfigConsistent",
+                Some(true),
+                if plan.warnings.is_empty() {
+                    "BudgetsFit"
+                } else {
+                    "BudgetsFitWithWarnings"
+                },
+                if plan.warnings.is_empty() {
+                    "sizing, keep-alive and shutdown budgets fit together".to_string()
+                } else {
+                    plan.warnings.join("; ")
+                },
+            ));
+            desired_conditions.push(Desired::new(
+                "AutoscalingReady",
+                Some(note.ready),
+                note.reason,
+                note.message.clone(),
+            ));
+            status_from_plan(&plan, &rendered)
+        }
+        Err(violations) => {
+            // Nothing is applied: the running workload keeps its last good configuration.
+            invalid = true;
+            let reason = violations.first().map(|v| v.reason).unwrap_or("Invalid");
+            let message = violations
+                .iter()
+                .map(|v| v.message.as_str())
+                .collect::<Vec<_>>()
+                .join("; ");
+            desired_conditions.push(Desired::new(
+                "ConfigConsistent",
+                Some(false),
+                reason,
+                message,
+            ));
+            // Keep the last effective values: they still describe what runs.
+            ApiWorkloadStatus {
+                conditions: vec![],
+                ..aw.status.clone().unwrap_or_default()
+            }
+        }
+    };
+
+    let deployment = Api::<Deployment>::namespaced(ctx.client.clone(), &ns)
+        .get_opt(&name)
+        .await?;
+    let (ready, replicas) = ready_condition(deployment.as_ref());
+    desired_conditions.insert(0, ready);
+    status.replicas = Some(replicas);
+    if aw.spec.diagnostics.enabled {
+        let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns)
+            .list(&ListParams::default().labels(&format!("{WORKLOAD_LABEL}={name}")))
+            .await?;
+        desired_conditions.extend(roll_up(&pods.items));
+    }
+
+    let previous = aw
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let (conditions, transitions) = conditions::merge(
+        previous,
+        desired_conditions,
+        aw.metadata.generation,
+        Time(Timestamp::now()),
+    );
+    status.reason = conditions::headline(&conditions);
+    status.conditions = conditions;
+    status.observed_generation = aw.metadata.generation;
+
+    if aw.status.as_ref() != Some(&status) {
+        let api = Api::<ApiWorkload>::namespaced(ctx.client.clone(), &ns);
+        // The cached object can predate our own last status write (a reconcile queued by
+        // a pod event): confirm against the server before writing the same status twice.
+        let fresh = api.get_status(&name).await?;
+        if fresh.status.as_ref() != Some(&status) {
+            let patch = json!({"apiVersion": ApiWorkload::api_version(&()), "kind": ApiWorkload::kind(&()), "status": status});
+            api.patch_status(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await?;
+            ctx.metrics.count_write("status");
+            wrote = true;
+        }
+    }
+    publish_transitions(aw, &transitions, ctx).await;
+
+    Ok(if invalid {
+        "invalid"
+    } else if wrote {
+        "applied"
+    } else {
+        ctx.metrics.noop_reconciles.inc();
+        "noop"
+    })
+}
+
+async fn publish_transitions(aw: &ApiWorkload, transitions: &[Desired], ctx: &Context) {
+    for t in transitions.iter().filter(|t| t.status != "Unknown") {
+        let event = Event {
+            type_: if t.status == "True" {
+                EventType::Normal
+            } else {
+                EventType::Warning
+            },
+            reason: t.reason.clone(),
+            note: Some(
+                format!("{}={}: {}", t.type_, t.status, t.message)
+                    .chars()
+                    .take(1000)
+                    .collect(),
+            ),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &aw.object_ref(&())).await {
+            warn!(error = %e, "could not publish event");
+        }
+    }
+}
+
+/// Retry with backoff: conflicts and outages resolve themselves; a ChildConflict needs a
+/// human, so it is retried slowly.
+pub fn error_policy(aw: Arc<ApiWorkload>, err: &Error, _ctx: Arc<Context>) -> Action {
+    warn!(apiworkload = %aw.name_any(), namespace = ?aw.namespace(), error = %err, "reconcile failed");
+    match err {
+        Error::ChildConflict { .. } => Action::requeue(Duration::from_secs(60)),
+        _ => Action::requeue(Duration::from_secs(5)),
+    }
+}
+
+/// Runs the controller until SIGTERM/SIGINT.
+pub async fn run(ctx: Arc<Context>) {
+    let client = ctx.client.clone();
+    ctx.keda
+        .store(keda_installed(&client).await, Ordering::Relaxed);
+    let (refresh_tx, refresh_rx) = futures::channel::mpsc::channel::<()>(1);
+    tokio::spawn(watch_keda(client.clone(), ctx.keda.clone(), refresh_tx));
+
+    let labelled = watcher::Config::default().labels(WORKLOAD_LABEL);
+    Controller::new(
+        Api::<ApiWorkload>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(Api::<Deployment>::all(client.clone()), labelled.clone())
+    .owns(Api::<Service>::all(client.clone()), labelled.clone())
+    .owns(
+        Api::<PodDisruptionBudget>::all(client.clone()),
+        labelled.clone(),
+    )
+    .owns(
+        Api::<HorizontalPodAutoscaler>::all(client.clone()),
+        labelled.clone(),
+    )
+    // Sidecar conditions live on pods: map a pod to its workload by label.
+    .watches(Api::<Pod>::all(client.clone()), labelled, |pod: Pod| {
+        let name = pod.labels().get(WORKLOAD_LABEL)?.clone();
+        Some(ObjectRef::<ApiWorkload>::new(&name).within(&pod.namespace()?))
+    })
+    .reconcile_all_on(refresh_rx)
+    .shutdown_on_signal()
+    .run(reconcile, error_policy, ctx)
+    .for_each(|_| futures::future::ready(()))
+    .await;
+    info!("controller stopped");
+}
+
+/// Re-checks every 30 s whether KEDA is served; a change re-renders every workload.
+async fn watch_keda(
+    client: Client,
+    flag: Arc<AtomicBool>,
+    mut refresh: futures::channel::mpsc::Sender<()>,
+) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        let now = keda_installed(&client).await;
+        if flag.swap(now, Ordering::Relaxed) != now {
+            info!(
+                keda = now,
+                "KEDA availability changed; reconciling every ApiWorkload"
+            );
+            let _ = refresh.try_send(());
+        }
+    }
+}

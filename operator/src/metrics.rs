@@ -1,0 +1,130 @@
+//! Operator metrics (OpenMetrics via prometheus-client), prefix `apiworkload_operator_`.
+
+use std::sync::{Arc, atomic::AtomicI64};
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::{Registry, Unit},
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `applied` (wrote something), `noop` (nothing to write), `invalid` (spec broke a
+    /// rule), `error`.
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub error: String,
+}
+
+/// Every metric the operator exports.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub reconciles: Family<ResultLabels, Counter>,
+    pub reconcile_duration: Histogram,
+    /// Objects written (server-side apply or delete), by kind (status counts as `status`).
+    pub writes: Family<KindLabels, Counter>,
+    pub noop_reconciles: Counter,
+    pub errors: Family<ErrorLabels, Counter>,
+    /// 1 while this replica holds the leader lease (or leader election is off).
+    pub leader: Gauge<i64, AtomicI64>,
+    pub registry: Arc<Registry>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("apiworkload_operator");
+        let reconciles = Family::<ResultLabels, Counter>::default();
+        registry.register("reconciles", "Reconciles by result", reconciles.clone());
+        let reconcile_duration = Histogram::new([
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        ]);
+        registry.register_with_unit(
+            "reconcile_duration",
+            "Time to reconcile one ApiWorkload",
+            Unit::Seconds,
+            reconcile_duration.clone(),
+        );
+        let writes = Family::<KindLabels, Counter>::default();
+        registry.register("writes", "Objects written, by kind", writes.clone());
+        let noop_reconciles = Counter::default();
+        registry.register(
+            "noop_reconciles",
+            "Reconciles that wrote nothing",
+            noop_reconciles.clone(),
+        );
+        let errors = Family::<ErrorLabels, Counter>::default();
+        registry.register("errors", "Reconcile errors by kind", errors.clone());
+        let leader = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "leader",
+            "Whether this replica is the active leader",
+            leader.clone(),
+        );
+        Metrics {
+            reconciles,
+            reconcile_duration,
+            writes,
+            noop_reconciles,
+            errors,
+            leader,
+            registry: Arc::new(registry),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn count_result(&self, result: &str) {
+        self.reconciles
+            .get_or_create(&ResultLabels {
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    pub fn count_write(&self, kind: &str) {
+        self.writes
+            .get_or_create(&KindLabels { kind: kind.into() })
+            .inc();
+    }
+
+    /// Total writes so far (tests use it to prove a resync wrote nothing).
+    pub fn total_writes(&self) -> u64 {
+        [
+            "Deployment",
+            "Service",
+            "PodDisruptionBudget",
+            "HorizontalPodAutoscaler",
+            "ScaledObject",
+            "status",
+        ]
+        .iter()
+        .map(|k| {
+            self.writes
+                .get_or_create(&KindLabels {
+                    kind: k.to_string(),
+                })
+                .get()
+        })
+        .sum()
+    }
+
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.set(i64::from(leader));
+    }
+
+    /// OpenMetrics text.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

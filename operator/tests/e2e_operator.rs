@@ -1,0 +1,389 @@
+//! The operator against the real control plane: admission, convergence, updates,
+//! garbage collection, Pod Security, and reconciler-side rejections.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::time::Duration;
+
+use apiworkload_e2e::{Cluster, TestNamespace, install_crds, repo_root, wait_until};
+use apiworkload_operator::api::ApiWorkload;
+use k8s_openapi::api::{
+    autoscaling::v2::HorizontalPodAutoscaler,
+    core::v1::{Pod, Service},
+    policy::v1::PodDisruptionBudget,
+};
+use kube::{
+    Api,
+    api::{DeleteParams, ListParams, Patch, PatchParams},
+};
+use serde_json::json;
+use support::*;
+
+/// Every file in tests/e2e/bad-specs is refused by the apiserver with the message its
+/// `# expect:` line names.
+#[tokio::test]
+async fn bad_specs_are_rejected_with_the_intended_message() {
+    let cluster = Cluster::shared();
+    install_crds(cluster);
+    let client = cluster.client().await;
+    let ns = TestNamespace::create(&client, "bad-specs", &[]).await;
+    let dir = repo_root().join("tests/e2e/bad-specs");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(
+        files.len() >= 15,
+        "keep at least 15 bad specs, found {}",
+        files.len()
+    );
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        let expected = text
+            .lines()
+            .find_map(|l| l.strip_prefix("# expect: "))
+            .expect("an # expect: line");
+        let (ok, out, err) =
+            cluster.kubectl(&["apply", "-n", &ns.name, "-f", &file.to_string_lossy()]);
+        assert!(!ok, "{} was accepted: {out}", file.display());
+        assert!(
+            err.contains(expected),
+            "{}: expected {expected:?} in:\n{err}",
+            file.display()
+        );
+    }
+    let api: Api<ApiWorkload> = Api::namespaced(client, &ns.name);
+    assert!(
+        api.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
+        "nothing was stored"
+    );
+}
+
+/// The README's example, in a namespace that enforces Pod Security "restricted".
+#[tokio::test]
+async fn example_workload_converges_in_a_restricted_namespace() {
+    let cluster = Cluster::shared();
+    let _ = shared_operator();
+    let client = cluster.client().await;
+    let ns = TestNamespace::create(
+        &client,
+        "example",
+        &[("pod-security.kubernetes.io/enforce", "restricted")],
+    )
+    .await;
+    let (ok, out, err) = cluster.kubectl(&[
+        "apply",
+        "-n",
+        &ns.name,
+        "-f",
+        &repo_root()
+            .join("examples/search-api.yaml")
+            .to_string_lossy(),
+    ]);
+    assert!(ok, "{out}{err}");
+
+    let d = wait_deployment(&client, &ns.name, "search-api", "the Deployment", |_| true).await;
+    let command = app_command(&d);
+    assert_eq!(
+        &command[..4],
+        [
+            "gunicorn",
+            "app.main:app",
+            "--worker-class",
+            "uvicorn_worker.UvicornWorker"
+        ]
+    );
+    assert_eq!(
+        flag(&command, "--workers").as_deref(),
+        Some("5"),
+        "2 cores → 2×2+1, under the memory cap of 7"
+    );
+    assert_eq!(
+        flag(&command, "--keep-alive").as_deref(),
+        Some("75"),
+        "ALB idle 60s + 15s"
+    );
+    assert_eq!(
+        flag(&command, "--max-requests-jitter").as_deref(),
+        Some("1000")
+    );
+    let pod = d.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+    assert_eq!(
+        pod.termination_grace_period_seconds,
+        Some(60),
+        "25s drain + 30s graceful + 5s"
+    );
+    let app = &pod.containers[0];
+    assert_eq!(
+        app.lifecycle
+            .as_ref()
+            .unwrap()
+            .pre_stop
+            .as_ref()
+            .unwrap()
+            .sleep
+            .as_ref()
+            .unwrap()
+            .seconds,
+        25
+    );
+    let startup = app.startup_probe.as_ref().unwrap();
+    assert_eq!(
+        startup.period_seconds.unwrap() * startup.failure_threshold.unwrap(),
+        120,
+        "the 2m startup budget"
+    );
+    assert_eq!(
+        app.security_context
+            .as_ref()
+            .unwrap()
+            .read_only_root_filesystem,
+        Some(true)
+    );
+    let ours = d
+        .metadata
+        .managed_fields
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|m| m.manager.as_deref() == Some("apiworkload-operator"))
+        .unwrap();
+    let owned = serde_json::to_string(&ours.fields_v1).unwrap();
+    assert!(
+        owned.contains("f:template") && !owned.contains("f:replicas"),
+        "the HPA, not the operator, owns spec.replicas: {owned}"
+    );
+
+    let svc = Api::<Service>::namespaced(client.clone(), &ns.name)
+        .get("search-api")
+        .await
+        .unwrap();
+    assert!(
+        svc.spec
+            .unwrap()
+            .cluster_ip
+            .is_some_and(|ip| ip.starts_with("10.96."))
+    );
+    let pdb = Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns.name)
+        .get("search-api")
+        .await
+        .unwrap();
+    assert_eq!(
+        pdb.spec.unwrap().min_available,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1))
+    );
+    let hpa = Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), &ns.name)
+        .get("search-api")
+        .await
+        .unwrap();
+    let hpa = hpa.spec.unwrap();
+    assert_eq!((hpa.min_replicas, hpa.max_replicas), (Some(2), 20));
+    assert_eq!(
+        hpa.behavior
+            .unwrap()
+            .scale_down
+            .unwrap()
+            .stabilization_window_seconds,
+        Some(300)
+    );
+
+    // The HPA raises the Deployment to minReplicas; the restricted namespace admits the pods.
+    let aw = wait_status(
+        &client,
+        &ns.name,
+        "search-api",
+        "Ready=True with 2 pods",
+        |aw| {
+            condition(aw, "Ready").is_some_and(|c| c.status == "True")
+                && aw
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.replicas.as_ref())
+                    .is_some_and(|r| r.ready == 2)
+        },
+    )
+    .await;
+    let status = aw.status.unwrap();
+    let workers = status.workers.unwrap();
+    assert_eq!(
+        (workers.count, workers.basis.as_str(), workers.memory_cap),
+        (5, "limits.cpu", Some(7))
+    );
+    assert_eq!(status.effective.unwrap().keep_alive, "1m15s");
+    assert_eq!(status.command.unwrap(), command.join(" "));
+    assert_eq!(status.observed_generation, aw.metadata.generation);
+    assert_eq!(
+        condition_status(&status.conditions, "ConfigConsistent"),
+        "True"
+    );
+    let pods = Api::<Pod>::namespaced(client.clone(), &ns.name)
+        .list(&ListParams::default().labels("apiworkload.io/workload=search-api"))
+        .await
+        .unwrap();
+    assert_eq!(
+        pods.items.len(),
+        2,
+        "both pods admitted under Pod Security restricted"
+    );
+    assert!(
+        pods.items
+            .iter()
+            .all(|p| p.status.as_ref().unwrap().phase.as_deref() == Some("Running"))
+    );
+}
+
+fn condition_status(
+    conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    t: &str,
+) -> String {
+    conditions
+        .iter()
+        .find(|c| c.type_ == t)
+        .map(|c| c.status.clone())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn cpu_limit_change_moves_the_worker_count_and_back() {
+    let cluster = Cluster::shared();
+    let _ = shared_operator();
+    let client = cluster.client().await;
+    let ns = TestNamespace::create(&client, "resize", &[]).await;
+    create_workload(&client, &ns.name, "api", fixed_spec(1)).await;
+    let workers = |n: &'static str| {
+        move |d: &k8s_openapi::api::apps::v1::Deployment| {
+            flag(&app_command(d), "--workers").as_deref() == Some(n)
+        }
+    };
+    wait_deployment(
+        &client,
+        &ns.name,
+        "api",
+        "--workers 5 for 2 cores",
+        workers("5"),
+    )
+    .await;
+
+    let api: Api<ApiWorkload> = Api::namespaced(client.clone(), &ns.name);
+    let set_cpu = |cpu: &'static str| {
+        let api = api.clone();
+        async move {
+            api.patch(
+                "api",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"resources": {"limits": {"cpu": cpu}}}})),
+            )
+            .await
+            .unwrap();
+        }
+    };
+    set_cpu("3").await;
+    let d = wait_deployment(
+        &client,
+        &ns.name,
+        "api",
+        "--workers 7 for 3 cores",
+        workers("7"),
+    )
+    .await;
+    let env = d.spec.unwrap().template.spec.unwrap().containers[0]
+        .env
+        .clone()
+        .unwrap();
+    assert!(
+        env.iter()
+            .any(|e| e.name == "PYTHON_CPU_COUNT" && e.value.as_deref() == Some("3"))
+    );
+    wait_status(&client, &ns.name, "api", "status.workers.count 7", |aw| {
+        aw.status
+            .as_ref()
+            .and_then(|s| s.workers.as_ref())
+            .is_some_and(|w| w.count == 7)
+    })
+    .await;
+    set_cpu("2").await;
+    wait_deployment(
+        &client,
+        &ns.name,
+        "api",
+        "--workers back to 5",
+        workers("5"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn deleting_the_workload_garbage_collects_every_child() {
+    let cluster = Cluster::shared();
+    let _ = shared_operator();
+    let client = cluster.client().await;
+    let ns = TestNamespace::create(&client, "gc", &[]).await;
+    let mut spec = fixed_spec(2);
+    spec["scaling"]["maxReplicas"] = json!(4);
+    create_workload(&client, &ns.name, "api", spec).await;
+    wait_deployment(&client, &ns.name, "api", "the Deployment", |_| true).await;
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns.name);
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &ns.name);
+    wait_until(Duration::from_secs(30), "Service, PDB and HPA", || async {
+        services.get_opt("api").await.unwrap().is_some()
+            && pdbs.get_opt("api").await.unwrap().is_some()
+            && hpas.get_opt("api").await.unwrap().is_some()
+    })
+    .await;
+
+    Api::<ApiWorkload>::namespaced(client.clone(), &ns.name)
+        .delete("api", &DeleteParams::foreground())
+        .await
+        .unwrap();
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client.clone(), &ns.name);
+    wait_until(
+        Duration::from_secs(60),
+        "every child to be garbage-collected",
+        || async {
+            deployments.get_opt("api").await.unwrap().is_none()
+                && services.get_opt("api").await.unwrap().is_none()
+                && pdbs.get_opt("api").await.unwrap().is_none()
+                && hpas.get_opt("api").await.unwrap().is_none()
+        },
+    )
+    .await;
+}
+
+/// A spec CEL accepts but the reconciler refuses (a passthrough volume named like the
+/// operator's /tmp) is reported, and nothing is applied.
+#[tokio::test]
+async fn reconciler_side_rejection_applies_nothing_and_says_why() {
+    let cluster = Cluster::shared();
+    let _ = shared_operator();
+    let client = cluster.client().await;
+    let ns = TestNamespace::create(&client, "reserved", &[]).await;
+    let mut spec = fixed_spec(1);
+    spec["volumes"] = json!([{"name": "tmp", "emptyDir": {}}]);
+    create_workload(&client, &ns.name, "api", spec).await;
+    let aw = wait_status(&client, &ns.name, "api", "ConfigConsistent=False", |aw| {
+        condition(aw, "ConfigConsistent").is_some_and(|c| c.status == "False")
+    })
+    .await;
+    let c = condition(&aw, "ConfigConsistent").unwrap();
+    assert_eq!(c.reason, "ReservedVolumeName");
+    assert!(c.message.contains("rename the volume"), "{}", c.message);
+    assert_eq!(
+        aw.status.as_ref().unwrap().reason.as_deref(),
+        Some("ReservedVolumeName"),
+        "the root cause heads kubectl get"
+    );
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client.clone(), &ns.name);
+    assert!(
+        deployments.get_opt("api").await.unwrap().is_none(),
+        "a broken spec must not be half-applied"
+    );
+}

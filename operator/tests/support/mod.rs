@@ -1,0 +1,136 @@
+//! Shared pieces of the operator's end-to-end tests: the controller runs in-process on a
+//! background runtime (it dies with the test binary, and its metrics are readable).
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::{sync::OnceLock, time::Duration};
+
+use apiworkload_e2e::{Cluster, install_crds, poll_until};
+use apiworkload_operator::{
+    api::ApiWorkload,
+    controller::{self, Context},
+    metrics::Metrics,
+    render::RenderContext,
+};
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::{Api, Client, api::PostParams};
+
+/// Starts the controller on its own runtime thread; returns its metrics and a handle
+/// that aborts it (a crash, as far as the cluster can tell).
+pub fn start_operator(cluster: &Cluster) -> (Metrics, tokio::task::AbortHandle) {
+    install_crds(cluster);
+    let metrics = Metrics::default();
+    let cluster = cluster.clone();
+    let m = metrics.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let client = cluster.client().await;
+            let ctx = Context::new(client, m, RenderContext::default());
+            let task = tokio::spawn(controller::run(ctx));
+            tx.send(task.abort_handle()).unwrap();
+            let _ = task.await;
+        });
+    });
+    (metrics, rx.recv().unwrap())
+}
+
+/// One controller for every test in this binary.
+pub fn shared_operator() -> &'static Metrics {
+    static OP: OnceLock<Metrics> = OnceLock::new();
+    OP.get_or_init(|| start_operator(Cluster::shared()).0)
+}
+
+/// Creates an ApiWorkload from JSON (name and spec).
+pub async fn create_workload(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    spec: serde_json::Value,
+) -> ApiWorkload {
+    let aw: ApiWorkload = serde_json::from_value(serde_json::json!({
+        "apiVersion": "apiworkload.io/v1alpha1", "kind": "ApiWorkload",
+        "metadata": {"name": name}, "spec": spec,
+    }))
+    .unwrap();
+    Api::<ApiWorkload>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &aw)
+        .await
+        .unwrap()
+}
+
+/// A small valid spec with a fixed replica count (no HPA needed to reach Ready).
+pub fn fixed_spec(replicas: i32) -> serde_json::Value {
+    serde_json::json!({
+        "image": "registry.example/app:1", "app": "app.main:app",
+        // Small requests so hundreds of test pods fit the fake node; workers follow limits.cpu.
+        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"cpu": "2", "memory": "4Gi"}},
+        "scaling": {"minReplicas": replicas, "maxReplicas": replicas},
+    })
+}
+
+/// Waits for the Deployment and returns it once `check` holds.
+pub async fn wait_deployment(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    what: &str,
+    check: impl Fn(&Deployment) -> bool,
+) -> Deployment {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    poll_until(Duration::from_secs(60), what, || async {
+        api.get_opt(name).await.unwrap().filter(|d| check(d))
+    })
+    .await
+}
+
+/// Waits until the ApiWorkload's status satisfies `check`.
+pub async fn wait_status(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    what: &str,
+    check: impl Fn(&ApiWorkload) -> bool,
+) -> ApiWorkload {
+    let api: Api<ApiWorkload> = Api::namespaced(client.clone(), ns);
+    poll_until(Duration::from_secs(90), what, || async {
+        api.get_opt(name).await.unwrap().filter(|a| check(a))
+    })
+    .await
+}
+
+pub fn condition<'a>(
+    aw: &'a ApiWorkload,
+    type_: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    aw.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+}
+
+pub fn app_command(d: &Deployment) -> Vec<String> {
+    d.spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0]
+        .command
+        .clone()
+        .unwrap()
+}
+
+pub fn flag(command: &[String], name: &str) -> Option<String> {
+    command
+        .iter()
+        .position(|a| a == name)
+        .and_then(|i| command.get(i + 1).cloned())
+}
