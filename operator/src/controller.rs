@@ -250,7 +250,13 @@ async fn apply_children(
     Ok(wrote)
 }
 
-fn ready_condition(deployment: Option<&Deployment>) -> (Desired, ReplicasStatus) {
+/// Ready when the Deployment's pods are updated and ready, counting at least
+/// `min_replicas` (right after creation an HPA has not yet raised the Deployment's
+/// default of 1 to its minimum).
+fn ready_condition(
+    deployment: Option<&Deployment>,
+    min_replicas: i32,
+) -> (Desired, ReplicasStatus) {
     let Some(d) = deployment else {
         return (
             Desired::new(
@@ -262,7 +268,12 @@ fn ready_condition(deployment: Option<&Deployment>) -> (Desired, ReplicasStatus)
             ReplicasStatus::default(),
         );
     };
-    let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let desired = d
+        .spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .unwrap_or(1)
+        .max(min_replicas);
     let status = d.status.clone().unwrap_or_default();
     let ready = status.ready_replicas.unwrap_or(0);
     let updated = status.updated_replicas.unwrap_or(0);
@@ -408,7 +419,7 @@ async fn reconcile_inner(aw: &ApiWorkload, ctx: &Context) -> Result<&'static str
     let deployment = Api::<Deployment>::namespaced(ctx.client.clone(), &ns)
         .get_opt(&name)
         .await?;
-    let (ready, replicas) = ready_condition(deployment.as_ref());
+    let (ready, replicas) = ready_condition(deployment.as_ref(), aw.spec.scaling.min_replicas);
     desired_conditions.insert(0, ready);
     status.replicas = Some(replicas);
     if aw.spec.diagnostics.enabled {
@@ -548,5 +559,33 @@ async fn watch_keda(
             );
             let _ = refresh.try_send(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deployment(replicas: i32, ready: i32) -> Deployment {
+        serde_json::from_value(json!({
+            "metadata": {"generation": 1},
+            "spec": {"replicas": replicas, "selector": {}, "template": {}},
+            "status": {"observedGeneration": 1, "readyReplicas": ready, "updatedReplicas": replicas}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn ready_counts_at_least_the_minimum() {
+        let (c, r) = ready_condition(Some(&deployment(1, 1)), 2);
+        assert_eq!(
+            (c.status, r.desired),
+            ("False", 2),
+            "the HPA has not raised replicas yet"
+        );
+        let (c, _) = ready_condition(Some(&deployment(2, 2)), 2);
+        assert_eq!((c.status, c.reason.as_str()), ("True", "Available"));
+        let (c, _) = ready_condition(None, 2);
+        assert_eq!(c.reason, "Pending");
     }
 }
