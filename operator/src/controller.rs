@@ -87,6 +87,8 @@ pub struct Context {
     pub render: RenderContext,
     /// Whether KEDA's ScaledObject API is served (refreshed in the background).
     pub keda: Arc<AtomicBool>,
+    /// How often to re-check whether KEDA is served.
+    pub keda_refresh: Duration,
 }
 
 impl std::fmt::Debug for Context {
@@ -113,6 +115,7 @@ impl Context {
             metrics,
             render,
             keda: Arc::new(AtomicBool::new(false)),
+            keda_refresh: Duration::from_secs(30),
         })
     }
 }
@@ -513,7 +516,12 @@ pub async fn run(ctx: Arc<Context>) {
     ctx.keda
         .store(keda_installed(&client).await, Ordering::Relaxed);
     let (refresh_tx, refresh_rx) = futures::channel::mpsc::channel::<()>(1);
-    tokio::spawn(watch_keda(client.clone(), ctx.keda.clone(), refresh_tx));
+    tokio::spawn(watch_keda(
+        client.clone(),
+        ctx.keda.clone(),
+        ctx.keda_refresh,
+        refresh_tx,
+    ));
 
     let labelled = watcher::Config::default().labels(WORKLOAD_LABEL);
     Controller::new(
@@ -543,14 +551,15 @@ pub async fn run(ctx: Arc<Context>) {
     info!("controller stopped");
 }
 
-/// Re-checks every 30 s whether KEDA is served; a change re-renders every workload.
+/// Re-checks whether KEDA is served; a change re-renders every workload.
 async fn watch_keda(
     client: Client,
     flag: Arc<AtomicBool>,
+    every: Duration,
     mut refresh: futures::channel::mpsc::Sender<()>,
 ) {
     loop {
-        tokio::time::sleep(Duration::from_secs(30)).await;
+        tokio::time::sleep(every).await;
         let now = keda_installed(&client).await;
         if flag.swap(now, Ordering::Relaxed) != now {
             info!(

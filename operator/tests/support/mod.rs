@@ -2,7 +2,10 @@
 //! background runtime (it dies with the test binary, and its metrics are readable).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::{sync::OnceLock, time::Duration};
+use std::{
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use apiworkload_e2e::{Cluster, install_crds, poll_until};
 use apiworkload_operator::{
@@ -17,6 +20,14 @@ use kube::{Api, Client, api::PostParams};
 /// Starts the controller on its own runtime thread; returns its metrics and a handle
 /// that aborts it (a crash, as far as the cluster can tell).
 pub fn start_operator(cluster: &Cluster) -> (Metrics, tokio::task::AbortHandle) {
+    start_operator_with(cluster, Duration::from_secs(30))
+}
+
+/// As [`start_operator`], re-checking for KEDA every `keda_refresh`.
+pub fn start_operator_with(
+    cluster: &Cluster,
+    keda_refresh: Duration,
+) -> (Metrics, tokio::task::AbortHandle) {
     install_crds(cluster);
     let metrics = Metrics::default();
     let cluster = cluster.clone();
@@ -30,7 +41,8 @@ pub fn start_operator(cluster: &Cluster) -> (Metrics, tokio::task::AbortHandle) 
             .unwrap();
         rt.block_on(async move {
             let client = cluster.client().await;
-            let ctx = Context::new(client, m, RenderContext::default());
+            let mut ctx = Context::new(client, m, RenderContext::default());
+            Arc::get_mut(&mut ctx).unwrap().keda_refresh = keda_refresh;
             let task = tokio::spawn(controller::run(ctx));
             tx.send(task.abort_handle()).unwrap();
             let _ = task.await;

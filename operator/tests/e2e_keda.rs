@@ -1,0 +1,138 @@
+//! Optional children follow the cluster: when KEDA's ScaledObject API appears, a running
+//! workload moves from its HPA to a ScaledObject (and back when it goes). A stand-in CRD
+//! plays KEDA: the operator only needs the API to be served. Its own test binary.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::time::Duration;
+
+use apiworkload_e2e::{Cluster, TestNamespace, poll_until, wait_until};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use kube::{
+    Api,
+    api::{ApiResource, DynamicObject, GroupVersionKind},
+};
+use support::*;
+
+const KEDA_CRD: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: scaledobjects.keda.sh}
+spec:
+  group: keda.sh
+  names: {kind: ScaledObject, plural: scaledobjects, singular: scaledobject}
+  scope: Namespaced
+  versions:
+  - name: v1alpha1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+"#;
+
+/// Removes the stand-in CRD even when the test fails.
+struct KedaCrd(&'static Cluster);
+
+impl KedaCrd {
+    fn install(cluster: &'static Cluster) -> KedaCrd {
+        let path = std::env::temp_dir().join(format!(
+            "keda-crd-{}.yaml",
+            apiworkload_e2e::unique_suffix()
+        ));
+        std::fs::write(&path, KEDA_CRD).unwrap();
+        let (ok, out, err) = cluster.kubectl(&["apply", "-f", &path.to_string_lossy()]);
+        assert!(ok, "{out}{err}");
+        let (ok, out, err) = cluster.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=30s",
+            "crd/scaledobjects.keda.sh",
+        ]);
+        assert!(ok, "{out}{err}");
+        KedaCrd(cluster)
+    }
+}
+
+impl Drop for KedaCrd {
+    fn drop(&mut self) {
+        let _ = self
+            .0
+            .kubectl(&["delete", "crd", "scaledobjects.keda.sh", "--wait=true"]);
+    }
+}
+
+#[tokio::test]
+async fn workload_moves_from_hpa_to_scaled_object_when_keda_appears() {
+    let cluster = Cluster::shared();
+    let _ = cluster.kubectl(&[
+        "delete",
+        "crd",
+        "scaledobjects.keda.sh",
+        "--ignore-not-found",
+    ]);
+    let (_metrics, _op) = start_operator_with(cluster, Duration::from_secs(1));
+    let client = cluster.client().await;
+    let ns = TestNamespace::create(&client, "keda", &[]).await;
+    let mut spec = fixed_spec(2);
+    spec["scaling"]["maxReplicas"] = serde_json::json!(6);
+    create_workload(&client, &ns.name, "api", spec).await;
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &ns.name);
+    wait_until(Duration::from_secs(30), "an HPA without KEDA", || async {
+        hpas.get_opt("api").await.unwrap().is_some()
+    })
+    .await;
+    let aw = wait_status(
+        &client,
+        &ns.name,
+        "api",
+        "AutoscalingReady=KEDANotInstalled",
+        |aw| condition(aw, "AutoscalingReady").is_some_and(|c| c.reason == "KEDANotInstalled"),
+    )
+    .await;
+    assert_eq!(
+        aw.status.unwrap().autoscaler.as_deref(),
+        Some("HorizontalPodAutoscaler")
+    );
+
+    let _keda = KedaCrd::install(cluster);
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("keda.sh", "v1alpha1", "ScaledObject"),
+        "scaledobjects",
+    );
+    let scaled: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns.name, &ar);
+    let so = poll_until(
+        Duration::from_secs(60),
+        "a ScaledObject once KEDA is served",
+        || async { scaled.get_opt("api").await.ok().flatten() },
+    )
+    .await;
+    let trigger = &so.data["spec"]["triggers"][0];
+    assert_eq!(trigger["type"], "prometheus");
+    assert_eq!(trigger["metadata"]["ignoreNullValues"], "false");
+    assert!(
+        trigger["metadata"]["query"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("namespace=\"{}\"", ns.name))
+    );
+    assert_eq!(so.data["spec"]["fallback"]["replicas"], 4);
+    assert_eq!(so.data["spec"]["minReplicaCount"], 2);
+    wait_until(
+        Duration::from_secs(30),
+        "the HPA to be removed (exactly one autoscaler)",
+        || async { hpas.get_opt("api").await.unwrap().is_none() },
+    )
+    .await;
+    wait_status(
+        &client,
+        &ns.name,
+        "api",
+        "status.autoscaler=ScaledObject",
+        |aw| {
+            aw.status.as_ref().and_then(|s| s.autoscaler.as_deref()) == Some("ScaledObject")
+                && condition(aw, "AutoscalingReady").is_some_and(|c| c.reason == "KEDAInflight")
+        },
+    )
+    .await;
+}
