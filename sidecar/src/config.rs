@@ -1,0 +1,62 @@
+//! Settings, from flags or env (the operator renders the flags into the pod spec).
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::Parser;
+
+/// Diagnostics for a Python API server in the same pod.
+#[derive(Parser, Debug, Clone)]
+#[command(version)]
+pub struct Config {
+    /// Port the app listens on (same network namespace).
+    #[arg(long, env = "APIW_APP_PORT", default_value_t = 8000)]
+    pub app_port: u16,
+    /// Address of /metrics, /healthz and /report.
+    #[arg(long, env = "APIW_LISTEN", default_value = "0.0.0.0:9901")]
+    pub listen: SocketAddr,
+    /// Cheap endpoint for canary requests.
+    #[arg(long, env = "APIW_PROBE_PATH", default_value = "/healthz")]
+    pub probe_path: String,
+    /// Worker processes of the app (one persistent canary connection each).
+    #[arg(long, env = "APIW_WORKERS", default_value_t = 1)]
+    pub workers: u32,
+    /// A canary slower than this counts as an event-loop stall (e.g. 100ms).
+    #[arg(long, env = "APIW_STALL_THRESHOLD", default_value = "100ms")]
+    pub stall_threshold: String,
+    /// Keep-alive the operator rendered; inbound closes after about this idle time are
+    /// the server's keep-alive.
+    #[arg(long, env = "APIW_UPSTREAM_IDLE", default_value = "5s")]
+    pub upstream_idle: String,
+    /// A name to resolve as the app would (repeatable).
+    #[arg(long = "dns-probe", env = "APIW_DNS_PROBE", value_delimiter = ',')]
+    pub dns_probes: Vec<String>,
+    /// The pod's resolver configuration (tests point it elsewhere).
+    #[arg(long, env = "APIW_RESOLV_CONF", default_value = "/etc/resolv.conf")]
+    pub resolv_conf: PathBuf,
+    /// Root of /proc (tests point it elsewhere).
+    #[arg(long, env = "APIW_PROC_ROOT", default_value = "/proc")]
+    pub proc_root: PathBuf,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_the_flags_the_operator_renders() {
+        let c = Config::try_parse_from([
+            "apiworkload-sidecar",
+            "--app-port=8000",
+            "--listen=0.0.0.0:9901",
+            "--probe-path=/healthz",
+            "--workers=5",
+            "--stall-threshold=100ms",
+            "--upstream-idle=1m15s",
+            "--dns-probe=api.example.com",
+            "--dns-probe=db.internal",
+        ])
+        .unwrap();
+        assert_eq!(c.workers, 5);
+        assert_eq!(c.dns_probes, ["api.example.com", "db.internal"]);
+    }
+}

@@ -1,0 +1,11 @@
+//! The ApiWorkload diagnostics sidecar: measures, from inside the app's pod and without
+//! privileges, what breaks Python API services under load (DNS search-list walks,
+//! connection churn, event-loop stalls).
+//!
+//! Each signal has a module of pure parsing/decision code tested on its own; the binary
+//! wires them to the pod's files and serves the results.
+
+pub mod config;
+pub mod procnet;
+pub mod report;
+pub mod resolv;
