@@ -1,11 +1,52 @@
 //! Whether a desired object is already in place, so a no-op reconcile sends no write.
 //!
-//! Server-side apply of an unchanged object is still a PATCH. Instead the desired
-//! object (what we would apply) is compared with the live one: every field we set must
-//! be present with the same value; fields the apiserver defaulted or others own are
-//! ignored. Quantities the apiserver canonicalised (`1000m` → `1`) compare by value.
+//! Server-side apply of an unchanged object is still a PATCH. Instead two checks:
+//! - the live object carries the [`fingerprint`] of exactly what we would apply now, so
+//!   a field we *stopped* setting (which a subset check cannot see) forces an apply, and
+//!   server-side apply then removes it;
+//! - every field we set is present with the same value ([`is_applied`]), so drift made
+//!   by someone else is corrected. Fields the apiserver defaulted or others own are
+//!   ignored; quantities it canonicalised (`1000m` → `1`) compare by value.
 
 use serde_json::Value;
+
+/// Annotation holding the fingerprint of the last applied desired object.
+pub const FINGERPRINT_ANNOTATION: &str = "apiworkload.io/applied-fingerprint";
+
+/// A stable fingerprint (FNV-1a, 64 bit) of an object's JSON: the same across
+/// processes and versions, unlike `std`'s hasher.
+pub fn fingerprint(desired: &Value) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in desired.to_string().bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
+/// Adds the fingerprint of `desired` (computed without it) to its annotations.
+pub fn stamp(desired: &mut Value) -> String {
+    let print = fingerprint(desired);
+    if let Some(meta) = desired.get_mut("metadata").and_then(Value::as_object_mut) {
+        let annotations = meta
+            .entry("annotations")
+            .or_insert_with(|| Value::Object(Default::default()));
+        if let Some(map) = annotations.as_object_mut() {
+            map.insert(FINGERPRINT_ANNOTATION.into(), Value::String(print.clone()));
+        }
+    }
+    print
+}
+
+/// Whether `live` holds what `stamped` (the output of [`stamp`]) describes.
+pub fn up_to_date(stamped: &Value, live: &Value) -> bool {
+    let print = |v: &Value| {
+        v.pointer("/metadata/annotations")
+            .and_then(|a| a.get(FINGERPRINT_ANNOTATION))
+            .cloned()
+    };
+    print(stamped).is_some() && print(stamped) == print(live) && is_applied(stamped, live)
+}
 
 use crate::api::quantity::parse_quantity;
 
@@ -65,6 +106,31 @@ mod tests {
             &json!({"a": {"b": 2}})
         ));
         assert!(!is_applied(&json!({"a": 1}), &json!({})));
+    }
+
+    #[test]
+    fn a_field_we_stopped_setting_is_not_up_to_date() {
+        let mut before =
+            json!({"metadata": {"name": "a"}, "spec": {"imagePullPolicy": "Always", "image": "x"}});
+        stamp(&mut before);
+        let live = before.clone();
+        let unstamped = json!({"metadata": {"name": "a"}, "spec": {"image": "x"}});
+        assert!(
+            is_applied(&unstamped, &live),
+            "a subset check alone misses the removal"
+        );
+        let mut now = unstamped;
+        stamp(&mut now);
+        assert!(!up_to_date(&now, &live), "the fingerprint catches it");
+        assert!(up_to_date(&before, &live));
+    }
+
+    #[test]
+    fn fingerprints_are_stable() {
+        assert_eq!(fingerprint(&json!({"a": 1})), fingerprint(&json!({"a": 1})));
+        assert_ne!(fingerprint(&json!({"a": 1})), fingerprint(&json!({"a": 2})));
+        // FNV-1a 64 of the bytes `null`, computed independently.
+        assert_eq!(fingerprint(&json!(null)), "5b9bc4ba528108e4");
     }
 
     #[test]

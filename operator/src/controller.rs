@@ -37,7 +37,7 @@ use tracing::{info, warn};
 
 use crate::{
     api::{ApiWorkload, ApiWorkloadStatus, EffectiveTimings, ReplicasStatus, WorkersStatus},
-    applied::is_applied,
+    applied::{stamp, up_to_date},
     conditions::{self, Desired},
     metrics::Metrics,
     plan::{Plan, plan},
@@ -169,9 +169,10 @@ where
     }
     match (desired, live) {
         (Some(desired), live) => {
-            let desired_json = serde_json::to_value(desired)?;
+            let mut desired_json = serde_json::to_value(desired)?;
+            stamp(&mut desired_json);
             if let Some(live) = live
-                && is_applied(&desired_json, &serde_json::to_value(&live)?)
+                && up_to_date(&desired_json, &serde_json::to_value(&live)?)
             {
                 return Ok(false);
             }

@@ -387,3 +387,56 @@ async fn reconciler_side_rejection_applies_nothing_and_says_why() {
         "a broken spec must not be half-applied"
     );
 }
+
+/// Removing a setting removes it from the child (server-side apply drops fields the
+/// operator stops setting; a subset comparison alone would never re-apply).
+#[tokio::test]
+async fn removing_a_setting_removes_it_from_the_deployment() {
+    let cluster = Cluster::shared();
+    let _ = shared_operator();
+    let client = cluster.client().await;
+    let ns = TestNamespace::create(&client, "removal", &[]).await;
+    let mut spec = fixed_spec(1);
+    spec["imagePullPolicy"] = json!("Always");
+    create_workload(&client, &ns.name, "api", spec).await;
+    let policy = |want: &'static str| {
+        move |d: &k8s_openapi::api::apps::v1::Deployment| {
+            d.spec
+                .as_ref()
+                .unwrap()
+                .template
+                .spec
+                .as_ref()
+                .unwrap()
+                .containers[0]
+                .image_pull_policy
+                .as_deref()
+                == Some(want)
+        }
+    };
+    wait_deployment(
+        &client,
+        &ns.name,
+        "api",
+        "imagePullPolicy Always",
+        policy("Always"),
+    )
+    .await;
+    Api::<ApiWorkload>::namespaced(client.clone(), &ns.name)
+        .patch(
+            "api",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"imagePullPolicy": null}})),
+        )
+        .await
+        .unwrap();
+    // The apiserver's default for a tagged image.
+    wait_deployment(
+        &client,
+        &ns.name,
+        "api",
+        "imagePullPolicy back to the default",
+        policy("IfNotPresent"),
+    )
+    .await;
+}
