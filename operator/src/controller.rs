@@ -89,6 +89,8 @@ pub struct Context {
     pub keda: Arc<AtomicBool>,
     /// How often to re-check whether KEDA is served.
     pub keda_refresh: Duration,
+    /// Consecutive failures per ApiWorkload, for exponential backoff.
+    failures: std::sync::Mutex<std::collections::HashMap<ObjectRef<ApiWorkload>, u32>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -116,6 +118,7 @@ impl Context {
             render,
             keda: Arc::new(AtomicBool::new(false)),
             keda_refresh: Duration::from_secs(30),
+            failures: Default::default(),
         })
     }
 }
@@ -356,7 +359,20 @@ pub async fn reconcile(aw: Arc<ApiWorkload>, ctx: Arc<Context>) -> Result<Action
                 .inc();
         }
     }
+    if result.is_ok()
+        && let Ok(mut failures) = ctx.failures.lock()
+    {
+        failures.remove(&ObjectRef::from(aw.as_ref()));
+    }
     result.map(|_| Action::requeue(RESYNC))
+}
+
+/// Retry delay after `failures` consecutive failures: 2 s doubling to 5 min.
+pub fn backoff(failures: u32) -> Duration {
+    const MAX: Duration = Duration::from_secs(300);
+    Duration::from_secs(2)
+        .checked_mul(1 << failures.min(16).saturating_sub(1))
+        .map_or(MAX, |d| d.min(MAX))
 }
 
 async fn reconcile_inner(aw: &ApiWorkload, ctx: &Context) -> Result<&'static str, Error> {
@@ -501,14 +517,24 @@ async fn publish_transitions(aw: &ApiWorkload, transitions: &[Desired], ctx: &Co
     }
 }
 
-/// Retry with backoff: conflicts and outages resolve themselves; a ChildConflict needs a
-/// human, so it is retried slowly.
-pub fn error_policy(aw: Arc<ApiWorkload>, err: &Error, _ctx: Arc<Context>) -> Action {
-    warn!(apiworkload = %aw.name_any(), namespace = ?aw.namespace(), error = %err, "reconcile failed");
-    match err {
-        Error::ChildConflict { .. } => Action::requeue(Duration::from_secs(60)),
-        _ => Action::requeue(Duration::from_secs(5)),
-    }
+/// Retry with exponential backoff per ApiWorkload: conflicts and outages resolve
+/// themselves quickly; a ChildConflict needs a human, so it starts at a minute.
+pub fn error_policy(aw: Arc<ApiWorkload>, err: &Error, ctx: Arc<Context>) -> Action {
+    let failures = ctx
+        .failures
+        .lock()
+        .map(|mut f| {
+            let n = f.entry(ObjectRef::from(aw.as_ref())).or_insert(0);
+            *n = n.saturating_add(1);
+            *n
+        })
+        .unwrap_or(1);
+    let delay = match err {
+        Error::ChildConflict { .. } => backoff(failures).max(Duration::from_secs(60)),
+        _ => backoff(failures),
+    };
+    warn!(apiworkload = %aw.name_any(), namespace = ?aw.namespace(), error = %err, failures, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
 }
 
 /// Runs the controller until SIGTERM/SIGINT.
@@ -583,6 +609,13 @@ mod tests {
             "status": {"observedGeneration": 1, "readyReplicas": ready, "updatedReplicas": replicas}
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn backoff_doubles_from_two_seconds_to_five_minutes() {
+        let secs: Vec<u64> = (1..=10).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(secs, [2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+        assert_eq!(backoff(u32::MAX).as_secs(), 300);
     }
 
     #[test]

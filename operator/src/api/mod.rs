@@ -148,7 +148,7 @@ fn default_port() -> i32 {
     8000
 }
 
-/// Image pull policy.
+/// Image pull policy: `Always`, `IfNotPresent` or `Never`.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum PullPolicy {
     Always,
@@ -215,7 +215,7 @@ impl ServerKind {
     }
 }
 
-/// Workload shape used by the worker formula.
+/// Workload shape used by the worker formula: `io-bound` or `cpu-bound`.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Profile {
@@ -522,7 +522,7 @@ fn default_inflight_metric() -> String {
     "http_requests_inprogress".into()
 }
 
-/// Autoscaling signals.
+/// Autoscaling signals: `inflight`, `cpu` or `custom`.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ScalingMetric {
@@ -642,7 +642,9 @@ pub struct ApiWorkloadStatus {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkersStatus {
+    /// Worker processes per pod (`--workers`).
     pub count: i32,
+    /// Threads per worker (`--threads`; 1 for async servers).
     pub threads: i32,
     /// `workers.count`, `limits.cpu`, `requests.cpu` or `single-process`.
     pub basis: String,
@@ -658,12 +660,19 @@ pub struct WorkersStatus {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EffectiveTimings {
+    /// Server keep-alive (`--keep-alive`, `--timeout-keep-alive`).
     pub keep_alive: String,
+    /// Longest request the upstream chain allows.
     pub request_timeout: String,
+    /// gunicorn `--timeout`.
     pub worker_heartbeat: String,
+    /// Time to finish in-flight requests after SIGTERM.
     pub graceful_shutdown: String,
+    /// preStop sleep before SIGTERM.
     pub pre_stop_sleep: String,
+    /// The pod's terminationGracePeriodSeconds.
     pub termination_grace_period: String,
+    /// Time the startup probe allows before liveness applies.
     pub startup_budget: String,
 }
 
@@ -671,7 +680,9 @@ pub struct EffectiveTimings {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReplicasStatus {
+    /// Replicas wanted (the Deployment's, at least `minReplicas`).
     pub desired: i32,
+    /// Replicas whose pods are ready.
     pub ready: i32,
 }
 

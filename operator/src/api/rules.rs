@@ -417,6 +417,43 @@ mod tests {
         assert!(all.contains("'gcp-lb': duration('10m')"));
     }
 
+    /// `kubectl explain` must help on every field we define (Kubernetes' own types under
+    /// env, volumes, volumeMounts and conditions bring their own docs).
+    #[test]
+    fn every_field_we_define_has_a_description() {
+        fn walk(node: &Value, path: &str, missing: &mut Vec<String>) {
+            let Some(props) = node.get("properties").and_then(Value::as_object) else {
+                return;
+            };
+            for (name, child) in props {
+                let here = format!("{path}.{name}");
+                if ["env", "volumes", "volumeMounts", "conditions"].contains(&name.as_str()) {
+                    continue;
+                }
+                if child
+                    .get("description")
+                    .and_then(Value::as_str)
+                    .is_none_or(str::is_empty)
+                {
+                    missing.push(here.clone());
+                }
+                walk(child, &here, missing);
+                if let Some(items) = child.get("items") {
+                    walk(items, &here, missing);
+                }
+            }
+        }
+        let crd = serde_json::to_value(crd()).unwrap();
+        let root = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+        let mut missing = Vec::new();
+        walk(&root["properties"]["spec"], "spec", &mut missing);
+        walk(&root["properties"]["status"], "status", &mut missing);
+        assert!(
+            missing.is_empty(),
+            "fields without a description: {missing:#?}"
+        );
+    }
+
     /// `crds/` is generated: fail when it drifts from the Rust types.
     #[test]
     fn committed_crd_matches_the_types() {
