@@ -30,12 +30,32 @@ pub struct Config {
     /// A name to resolve as the app would (repeatable).
     #[arg(long = "dns-probe", env = "APIW_DNS_PROBE", value_delimiter = ',')]
     pub dns_probes: Vec<String>,
+    /// How often each DNS name is probed.
+    #[arg(long, env = "APIW_DNS_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub dns_interval: std::time::Duration,
+    /// Port of the nameservers in resolv.conf (53; tests use a local server).
+    #[arg(long, env = "APIW_DNS_PORT", default_value_t = 53)]
+    pub dns_port: u16,
     /// The pod's resolver configuration (tests point it elsewhere).
     #[arg(long, env = "APIW_RESOLV_CONF", default_value = "/etc/resolv.conf")]
     pub resolv_conf: PathBuf,
     /// Root of /proc (tests point it elsewhere).
     #[arg(long, env = "APIW_PROC_ROOT", default_value = "/proc")]
     pub proc_root: PathBuf,
+}
+
+/// `30s`, `500ms`, `2m` → Duration.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}"))?;
+    match unit {
+        "ms" => Ok(std::time::Duration::from_millis(n)),
+        "s" | "" => Ok(std::time::Duration::from_secs(n)),
+        "m" => Ok(std::time::Duration::from_secs(n * 60)),
+        _ => Err(format!("invalid duration {s:?}: use ms, s or m")),
+    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 //! wires them to the pod's files and serves the results.
 
 pub mod config;
+pub mod dns;
 pub mod procnet;
 pub mod report;
 pub mod resolv;

@@ -1,21 +1,27 @@
 //! `apiworkload-sidecar`: serves /healthz, /metrics and /report for the pod it runs in.
 //!
-//! This build reports what the pod's resolver configuration implies (search-list
-//! expansion per probed name). Live DNS timing, socket diagnostics and canary stall
-//! detection are not wired in yet.
+//! This build probes DNS as the app would (search-list walk, per-query timing) for the
+//! configured names. Socket diagnostics and canary stall detection are not wired in yet.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
-use apiworkload_sidecar::{config::Config, report, resolv};
+use apiworkload_sidecar::{
+    config::Config,
+    dns::{self, Lookup, Mode},
+    report::{self, Metrics},
+    resolv,
+};
 use axum::{Json, Router, extract::State, response::IntoResponse, routing::get};
 use clap::Parser;
 use tracing::info;
 
 #[derive(Clone)]
 struct AppState {
+    metrics: Arc<Metrics>,
+    resolv: Arc<Mutex<resolv::ResolvConf>>,
     expansions: Arc<Vec<report::SearchExpansion>>,
-    resolv: Arc<resolv::ResolvConf>,
+    lookups: Arc<Mutex<Vec<Lookup>>>,
 }
 
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
@@ -24,21 +30,49 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
             "content-type",
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        report::metrics_text(&s.expansions),
+        s.metrics.encode(),
     )
 }
 
 async fn report_json(State(s): State<AppState>) -> impl IntoResponse {
+    let conf = s.resolv.lock().map(|c| c.clone()).unwrap_or_default();
+    let lookups = s.lookups.lock().map(|l| l.clone()).unwrap_or_default();
     Json(serde_json::json!({
         "resolver": {
-            "nameservers": s.resolv.nameservers,
-            "search": s.resolv.search,
-            "ndots": s.resolv.ndots,
-            "timeout": s.resolv.timeout,
-            "attempts": s.resolv.attempts,
+            "nameservers": conf.nameservers,
+            "search": conf.search,
+            "ndots": conf.ndots,
+            "timeout": conf.timeout,
+            "attempts": conf.attempts,
         },
         "dns": *s.expansions,
+        "lastLookups": lookups,
     }))
+}
+
+/// Probes every configured name, as the app and as an FQDN, every `interval`. The pod's
+/// resolv.conf is re-read each round (the kubelet may rewrite it).
+async fn probe_dns(config: Config, state: AppState) {
+    let mut ticker = tokio::time::interval(config.dns_interval);
+    loop {
+        ticker.tick().await;
+        let conf = resolv::parse(&std::fs::read_to_string(&config.resolv_conf).unwrap_or_default());
+        let nameservers = dns::nameserver_addrs(&conf, config.dns_port);
+        let mut round = Vec::new();
+        for target in &config.dns_probes {
+            for mode in [Mode::AsApp, Mode::Fqdn] {
+                let lookup = dns::lookup(&conf, &nameservers, target, mode).await;
+                state.metrics.record(&lookup);
+                round.push(lookup);
+            }
+        }
+        if let Ok(mut c) = state.resolv.lock() {
+            *c = conf;
+        }
+        if let Ok(mut l) = state.lookups.lock() {
+            *l = round;
+        }
+    }
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -50,13 +84,17 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let config = Config::parse();
     // A pod without resolv.conf still gets a sidecar that serves; it reports no search list.
-    let text = std::fs::read_to_string(&config.resolv_conf).unwrap_or_default();
-    let conf = resolv::parse(&text);
+    let conf = resolv::parse(&std::fs::read_to_string(&config.resolv_conf).unwrap_or_default());
     let expansions = report::search_expansions(&conf, &config.dns_probes);
     let state = AppState {
+        metrics: Arc::new(Metrics::new(&expansions)),
+        resolv: Arc::new(Mutex::new(conf)),
         expansions: Arc::new(expansions),
-        resolv: Arc::new(conf),
+        lookups: Arc::default(),
     };
+    if !config.dns_probes.is_empty() {
+        tokio::spawn(probe_dns(config.clone(), state.clone()));
+    }
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))

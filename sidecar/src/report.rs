@@ -2,12 +2,21 @@
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{family::Family, gauge::Gauge, info::Info},
-    registry::Registry,
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+        info::Info,
+    },
+    registry::{Registry, Unit},
 };
 use serde::Serialize;
 
-use crate::resolv::{ResolvConf, candidates};
+use crate::{
+    dns::{Lookup, Mode, Rcode},
+    resolv::{ResolvConf, candidates},
+};
 
 /// What the resolver configuration alone says about one probed name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -47,34 +56,178 @@ struct VersionLabels {
     version: String,
 }
 
-/// OpenMetrics text for the current findings.
-pub fn metrics_text(expansions: &[SearchExpansion]) -> String {
-    let mut registry = Registry::with_prefix("apiworkload_sidecar");
-    let version = VersionLabels {
-        version: env!("CARGO_PKG_VERSION").into(),
-    };
-    registry.register("build", "Sidecar build", Info::new(version));
-    let tax = Family::<TargetLabels, Gauge>::default();
-    for e in expansions {
-        tax.get_or_create(&TargetLabels {
-            target: e.name.clone(),
-        })
-        .set(e.queries_before_name as i64);
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LookupLabels {
+    target: String,
+    mode: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueryLabels {
+    target: String,
+    mode: String,
+    rcode: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NameserverLabels {
+    nameserver: String,
+    qtype: String,
+    rcode: String,
+}
+
+/// The sidecar's metrics (prefix `apiworkload_sidecar_`; labels stay bounded: configured
+/// targets, ≤ 3 nameservers, fixed enums).
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    lookup_duration: Family<LookupLabels, Histogram>,
+    lookups: Family<LookupLabels, Counter>,
+    queries: Family<QueryLabels, Counter>,
+    query_duration: Family<NameserverLabels, Histogram>,
+    timeouts: Family<NameserverLabels, Counter>,
+}
+
+fn dns_histogram() -> Histogram {
+    // 0.5 ms … 8 s: in-cluster lookups need sub-millisecond buckets; 5 s retries show too.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 15))
+}
+
+impl Metrics {
+    pub fn new(expansions: &[SearchExpansion]) -> Metrics {
+        let mut registry = Registry::with_prefix("apiworkload_sidecar");
+        let version = VersionLabels {
+            version: env!("CARGO_PKG_VERSION").into(),
+        };
+        registry.register("build", "Sidecar build", Info::new(version));
+        let tax = Family::<TargetLabels, Gauge>::default();
+        for e in expansions {
+            tax.get_or_create(&TargetLabels {
+                target: e.name.clone(),
+            })
+            .set(e.queries_before_name as i64);
+        }
+        registry.register(
+            "dns_search_queries_before_name",
+            "Queries (A and AAAA) the search list costs before the name itself is asked",
+            tax,
+        );
+        let lookup_duration = Family::<LookupLabels, Histogram>::new_with_constructor(
+            dns_histogram as fn() -> Histogram,
+        );
+        registry.register_with_unit(
+            "dns_lookup_duration",
+            "How long a lookup took, as the app sees it (as_app) or for the name alone (fqdn)",
+            Unit::Seconds,
+            lookup_duration.clone(),
+        );
+        let lookups = Family::<LookupLabels, Counter>::default();
+        registry.register("dns_lookups", "Lookups probed", lookups.clone());
+        let queries = Family::<QueryLabels, Counter>::default();
+        registry.register(
+            "dns_queries",
+            "Queries sent (queries / lookups is the ndots tax)",
+            queries.clone(),
+        );
+        let query_duration = Family::<NameserverLabels, Histogram>::new_with_constructor(
+            dns_histogram as fn() -> Histogram,
+        );
+        registry.register_with_unit(
+            "dns_query_duration",
+            "Latency of each query, by nameserver",
+            Unit::Seconds,
+            query_duration.clone(),
+        );
+        let timeouts = Family::<NameserverLabels, Counter>::default();
+        registry.register(
+            "dns_timeouts",
+            "Queries that got no answer within the resolver timeout",
+            timeouts.clone(),
+        );
+        Metrics {
+            registry,
+            lookup_duration,
+            lookups,
+            queries,
+            query_duration,
+            timeouts,
+        }
     }
-    registry.register(
-        "dns_search_queries_before_name",
-        "Queries (A and AAAA) the search list costs before the name itself is asked",
-        tax,
-    );
-    let mut out = String::new();
-    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
-    out
+
+    /// Records one probed lookup.
+    pub fn record(&self, l: &Lookup) {
+        let mode = match l.mode {
+            Mode::AsApp => "as_app",
+            Mode::Fqdn => "fqdn",
+        };
+        let labels = LookupLabels {
+            target: l.target.clone(),
+            mode: mode.into(),
+            result: l.result().into(),
+        };
+        self.lookup_duration
+            .get_or_create(&labels)
+            .observe(l.seconds);
+        self.lookups.get_or_create(&labels).inc();
+        for q in &l.queries {
+            let rcode = q.rcode.as_str().to_string();
+            self.queries
+                .get_or_create(&QueryLabels {
+                    target: l.target.clone(),
+                    mode: mode.into(),
+                    rcode: rcode.clone(),
+                })
+                .inc();
+            let ns = NameserverLabels {
+                nameserver: q.nameserver.map(|n| n.ip().to_string()).unwrap_or_default(),
+                qtype: q.qtype.into(),
+                rcode,
+            };
+            self.query_duration.get_or_create(&ns).observe(q.seconds);
+            if q.rcode == Rcode::Timeout {
+                self.timeouts.get_or_create(&ns).inc();
+            }
+        }
+    }
+
+    /// OpenMetrics text.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::resolv::parse;
+
+    #[test]
+    fn records_lookups_with_bounded_labels() {
+        use crate::dns::QueryRecord;
+        let m = Metrics::new(&[]);
+        let q = |rcode, answers| QueryRecord {
+            name: "x.".into(),
+            qtype: "A",
+            nameserver: Some("10.96.0.10:53".parse().unwrap()),
+            rcode,
+            answers,
+            seconds: 0.002,
+        };
+        m.record(&Lookup {
+            target: "api.example.com".into(),
+            mode: Mode::AsApp,
+            answered_by: Some("api.example.com.".into()),
+            queries: vec![q(Rcode::NxDomain, 0), q(Rcode::NoError, 1)],
+            seconds: 0.004,
+        });
+        let text = m.encode();
+        assert!(text.contains(r#"apiworkload_sidecar_dns_lookups_total{target="api.example.com",mode="as_app",result="ok"} 1"#), "{text}");
+        assert!(text.contains(r#"apiworkload_sidecar_dns_queries_total{target="api.example.com",mode="as_app",rcode="nxdomain"} 1"#));
+        assert!(text.contains(r#"apiworkload_sidecar_dns_query_duration_seconds_count{nameserver="10.96.0.10",qtype="A",rcode="noerror"} 1"#));
+    }
 
     #[test]
     fn counts_the_ndots_tax_per_name() {
@@ -92,7 +245,7 @@ mod tests {
             e[1].queries_before_name, 0,
             "a trailing dot skips the search list"
         );
-        let text = metrics_text(&e);
+        let text = Metrics::new(&e).encode();
         assert!(
             text.contains(
                 r#"apiworkload_sidecar_dns_search_queries_before_name{target="api.example.com"} 6"#

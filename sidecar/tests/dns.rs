@@ -1,0 +1,305 @@
+//! DNS probing against a real DNS server (Debian's dnsmasq) on loopback: the ndots
+//! amplification is counted exactly (and matches the server's own query log), latency
+//! with an injected delay is measured within ±10 %, and a silent server is a timeout.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::{
+    net::SocketAddr,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use apiworkload_sidecar::{
+    dns::{Mode, Rcode, lookup},
+    resolv::parse,
+};
+use tokio::net::UdpSocket;
+
+/// dnsmasq serving `api.example.test` (A only) and empty `cluster.local` / `example.test`
+/// zones (NXDOMAIN for everything else); killed on drop.
+struct Dnsmasq {
+    child: Child,
+    addr: SocketAddr,
+    log: std::path::PathBuf,
+}
+
+impl Dnsmasq {
+    fn start() -> Dnsmasq {
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = std::env::temp_dir().join(format!("dnsmasq-{port}.log"));
+        let binary = if std::path::Path::new("/usr/sbin/dnsmasq").exists() {
+            "/usr/sbin/dnsmasq"
+        } else {
+            "dnsmasq"
+        };
+        let child = Command::new(binary)
+            .args([
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                &format!("--port={port}"),
+                "--listen-address=127.0.0.1",
+                "--bind-interfaces",
+                "--no-resolv",
+                "--no-hosts",
+                "--local=/cluster.local/",
+                "--local=/example.test/",
+                "--host-record=api.example.test,127.0.0.5",
+                "--log-queries",
+                "--log-facility=-",
+                "--user=root",
+            ])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("dnsmasq is required (tests/run installs dnsmasq-base)");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let server = Dnsmasq { child, addr, log };
+        // Ready when it answers.
+        let conf = parse("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        for _ in 0..50 {
+            let l = rt.block_on(lookup(&conf, &[addr], "api.example.test", Mode::Fqdn));
+            if l.answered_by.is_some() {
+                let _ = std::fs::write(&server.log, "");
+                return server;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("dnsmasq did not start on {addr}");
+    }
+
+    /// Queries dnsmasq logged since it started (or was last reset), e.g. `query[A]`.
+    fn logged_queries(&self) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap()
+            .matches("query[")
+            .count()
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const SEARCH: &str = "search ns.svc.cluster.local svc.cluster.local cluster.local\n";
+
+#[tokio::test]
+async fn ndots_amplification_is_counted_exactly() {
+    let server = tokio::task::spawn_blocking(Dnsmasq::start).await.unwrap();
+    let conf = parse(&format!(
+        "{SEARCH}nameserver 127.0.0.1\noptions ndots:5 timeout:2 attempts:1\n"
+    ));
+    let ns = [server.addr];
+
+    let as_app = lookup(&conf, &ns, "api.example.test", Mode::AsApp).await;
+    assert_eq!(as_app.result(), "ok");
+    assert_eq!(as_app.answered_by.as_deref(), Some("api.example.test."));
+    assert_eq!(
+        as_app.queries.len(),
+        8,
+        "3 search suffixes + the name, × A and AAAA"
+    );
+    assert_eq!(
+        as_app
+            .queries
+            .iter()
+            .filter(|q| q.rcode == Rcode::NxDomain)
+            .count(),
+        6
+    );
+    assert!(
+        as_app
+            .queries
+            .iter()
+            .all(|q| q.nameserver == Some(server.addr))
+    );
+
+    let fqdn = lookup(&conf, &ns, "api.example.test", Mode::Fqdn).await;
+    assert_eq!(fqdn.queries.len(), 2);
+    let with_ndots_2 = parse(&format!("{SEARCH}nameserver 127.0.0.1\noptions ndots:2\n"));
+    assert_eq!(
+        lookup(&with_ndots_2, &ns, "api.example.test", Mode::AsApp)
+            .await
+            .queries
+            .len(),
+        2
+    );
+
+    let missing = lookup(&conf, &ns, "missing.example.test", Mode::AsApp).await;
+    assert_eq!((missing.result(), missing.queries.len()), ("nxdomain", 8));
+
+    // The server saw exactly what we counted: 8 + 2 + 2 + 8.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        server.logged_queries(),
+        20,
+        "dnsmasq's own log disagrees with our count"
+    );
+}
+
+/// A UDP relay in front of the real server that holds every query for `delay`.
+async fn delaying_relay(upstream: SocketAddr, delay: Duration) -> SocketAddr {
+    let front = std::sync::Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let addr = front.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let Ok((len, client)) = front.recv_from(&mut buf).await else {
+                return;
+            };
+            let packet = buf[..len].to_vec();
+            let front = front.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let back = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                back.send_to(&packet, upstream).await.unwrap();
+                let mut reply = vec![0u8; 4096];
+                if let Ok(Ok(n)) =
+                    tokio::time::timeout(Duration::from_secs(2), back.recv(&mut reply)).await
+                {
+                    let _ = front.send_to(&reply[..n], client).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn latency_with_an_injected_delay_is_measured_within_ten_percent() {
+    let server = tokio::task::spawn_blocking(Dnsmasq::start).await.unwrap();
+    let delay = Duration::from_millis(150);
+    let relay = delaying_relay(server.addr, delay).await;
+    let conf = parse(&format!(
+        "{SEARCH}nameserver 127.0.0.1\noptions ndots:5 timeout:2 attempts:1\n"
+    ));
+
+    let l = lookup(&conf, &[relay], "api.example.test", Mode::AsApp).await;
+    assert_eq!(l.result(), "ok");
+    for q in &l.queries {
+        let error = (q.seconds - delay.as_secs_f64()).abs() / delay.as_secs_f64();
+        assert!(
+            error <= 0.10,
+            "query {} {} took {:.4}s for a {delay:?} delay",
+            q.name,
+            q.qtype,
+            q.seconds
+        );
+    }
+    // Candidates are sequential, A and AAAA parallel: the app waits about 4 × delay.
+    let expected = 4.0 * delay.as_secs_f64();
+    assert!(
+        (l.seconds - expected).abs() / expected <= 0.10,
+        "lookup took {:.4}s, expected ≈{expected}s",
+        l.seconds
+    );
+}
+
+#[tokio::test]
+async fn a_silent_nameserver_is_a_timeout_after_the_resolver_timeout() {
+    // Bound but never answering.
+    let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let conf = parse("nameserver 127.0.0.1\noptions timeout:1 attempts:2\n");
+    let l = lookup(
+        &conf,
+        &[silent.local_addr().unwrap()],
+        "api.example.test",
+        Mode::Fqdn,
+    )
+    .await;
+    assert_eq!(l.result(), "timeout");
+    assert!(l.queries.iter().all(|q| q.rcode == Rcode::Timeout));
+    // Two attempts of one second each, A and AAAA in parallel.
+    assert!((1.9..2.5).contains(&l.seconds), "took {:.3}s", l.seconds);
+}
+
+/// The real binary probes on its own and exports the ndots tax: per as-app lookup of an
+/// external name under `ndots:5`, 6 NXDOMAIN queries precede the answer.
+#[tokio::test]
+async fn the_sidecar_binary_exports_lookups_and_the_ndots_tax() {
+    let server = tokio::task::spawn_blocking(Dnsmasq::start).await.unwrap();
+    let resolv = std::env::temp_dir().join(format!("resolv-{}.conf", server.addr.port()));
+    std::fs::write(
+        &resolv,
+        format!("{SEARCH}nameserver 127.0.0.1\noptions ndots:5 timeout:2 attempts:1\n"),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_apiworkload-sidecar"))
+        .args([
+            &format!("--listen=127.0.0.1:{port}"),
+            "--dns-probe=api.example.test",
+            "--dns-interval=200ms",
+            &format!("--dns-port={}", server.addr.port()),
+            &format!("--resolv-conf={}", resolv.display()),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let metric = |text: &str, series: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let mut text = String::new();
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        text = http_get(port, "/metrics").await.unwrap_or_default();
+        if metric(
+            &text,
+            r#"apiworkload_sidecar_dns_lookups_total{target="api.example.test",mode="as_app",result="ok"}"#,
+        ) >= 2.0
+        {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let lookups = metric(
+        &text,
+        r#"apiworkload_sidecar_dns_lookups_total{target="api.example.test",mode="as_app",result="ok"}"#,
+    );
+    assert!(lookups >= 2.0, "no as_app lookups exported:\n{text}");
+    let nx = metric(
+        &text,
+        r#"apiworkload_sidecar_dns_queries_total{target="api.example.test",mode="as_app",rcode="nxdomain"}"#,
+    );
+    assert_eq!(
+        nx,
+        6.0 * lookups,
+        "6 NXDOMAIN queries per as_app lookup:\n{text}"
+    );
+    assert!(text.contains(
+        r#"apiworkload_sidecar_dns_search_queries_before_name{target="api.example.test"} 6"#
+    ));
+    assert!(text.contains("apiworkload_sidecar_dns_lookup_duration_seconds_bucket"));
+}
+
+async fn http_get(port: u16, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.ok()?;
+    Some(out)
+}
