@@ -32,3 +32,19 @@ use_cargo_cache() {
   export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$APIW_CACHE/cargo-target/$key}
   mkdir -p "$CARGO_TARGET_DIR"
 }
+
+# A venv with the pinned Python test servers (tests/apps/requirements.txt), one per
+# requirements hash; exported as APIW_VENV for the tests.
+use_python_env() {
+  local key
+  key=$( (cat "$REPO/tests/apps/requirements.txt"; python3 -V) | sha256sum | cut -c1-16)
+  export APIW_VENV=$APIW_CACHE/venv/$key
+  # Built in place (a moved venv's scripts point at the old path); .complete marks success.
+  if [ ! -f "$APIW_VENV/.complete" ]; then
+    say "installing the Python test servers into $APIW_VENV"
+    rm -rf "$APIW_VENV"
+    python3 -m venv "$APIW_VENV"
+    "$APIW_VENV/bin/pip" install --quiet --disable-pip-version-check -r "$REPO/tests/apps/requirements.txt"
+    touch "$APIW_VENV/.complete"
+  fi
+}

@@ -20,9 +20,12 @@ pub struct Config {
     /// Worker processes of the app (one persistent canary connection each).
     #[arg(long, env = "APIW_WORKERS", default_value_t = 1)]
     pub workers: u32,
-    /// A canary slower than this counts as an event-loop stall (e.g. 100ms).
-    #[arg(long, env = "APIW_STALL_THRESHOLD", default_value = "100ms")]
-    pub stall_threshold: String,
+    /// A canary slower than this counts as an event-loop stall.
+    #[arg(long, env = "APIW_STALL_THRESHOLD", default_value = "100ms", value_parser = parse_duration)]
+    pub stall_threshold: std::time::Duration,
+    /// Canary period per connection (4 Hz: a stall's duration is known to ±period/2).
+    #[arg(long, env = "APIW_CANARY_PERIOD", default_value = "250ms", value_parser = parse_duration)]
+    pub canary_period: std::time::Duration,
     /// Keep-alive the operator rendered; inbound closes after about this idle time are
     /// the server's keep-alive.
     #[arg(long, env = "APIW_UPSTREAM_IDLE", default_value = "5s")]

@@ -5,6 +5,7 @@
 //! Each signal has a module of pure parsing/decision code tested on its own; the binary
 //! wires them to the pod's files and serves the results.
 
+pub mod canary;
 pub mod config;
 pub mod dns;
 pub mod procnet;

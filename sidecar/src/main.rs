@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 use apiworkload_sidecar::{
+    canary::{self, CanaryConfig},
     config::Config,
     dns::{self, Lookup, Mode},
     report::{self, Metrics},
@@ -75,6 +76,26 @@ async fn probe_dns(config: Config, state: AppState) {
     }
 }
 
+/// Canaries on one persistent connection per worker; stalls reach /metrics every second.
+async fn watch_event_loop(config: Config, metrics: Arc<Metrics>) {
+    let observations = canary::start(CanaryConfig {
+        app: std::net::SocketAddr::from(([127, 0, 0, 1], config.app_port)),
+        path: config.probe_path.clone(),
+        connections: config.workers.max(1) as usize,
+        period: config.canary_period,
+        threshold: config.stall_threshold,
+        give_up: std::time::Duration::from_secs(60),
+    });
+    let mut seen = (0, 0);
+    let mut ticker = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        ticker.tick().await;
+        if let Ok(mut obs) = observations.lock() {
+            metrics.record_canary(&mut obs, &mut seen);
+        }
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -95,6 +116,7 @@ async fn main() -> anyhow::Result<()> {
     if !config.dns_probes.is_empty() {
         tokio::spawn(probe_dns(config.clone(), state.clone()));
     }
+    tokio::spawn(watch_event_loop(config.clone(), state.metrics.clone()));
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))

@@ -14,6 +14,7 @@ use prometheus_client::{
 use serde::Serialize;
 
 use crate::{
+    canary::Observations,
     dns::{Lookup, Mode, Rcode},
     resolv::{ResolvConf, candidates},
 };
@@ -87,6 +88,16 @@ pub struct Metrics {
     queries: Family<QueryLabels, Counter>,
     query_duration: Family<NameserverLabels, Histogram>,
     timeouts: Family<NameserverLabels, Counter>,
+    stall_duration: Family<SourceLabels, Histogram>,
+    stalled_seconds: Family<SourceLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
+    canary_oldest_inflight: Gauge<f64, std::sync::atomic::AtomicU64>,
+    canary_probes: Counter,
+    canary_failures: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    source: String,
 }
 
 fn dns_histogram() -> Histogram {
@@ -145,6 +156,43 @@ impl Metrics {
             "Queries that got no answer within the resolver timeout",
             timeouts.clone(),
         );
+        let stall_duration = Family::<SourceLabels, Histogram>::new_with_constructor(
+            (|| Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]))
+                as fn() -> Histogram,
+        );
+        registry.register_with_unit(
+            "event_loop_stall_duration",
+            "Detected event-loop stalls, by how they were seen",
+            Unit::Seconds,
+            stall_duration.clone(),
+        );
+        let stalled_seconds =
+            Family::<SourceLabels, Counter<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register_with_unit(
+            "event_loop_stall",
+            "Time the event loop spent stalled (rate() is the stalled fraction)",
+            Unit::Seconds,
+            stalled_seconds.clone(),
+        );
+        let canary_oldest_inflight = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register_with_unit(
+            "canary_oldest_inflight",
+            "Age of the oldest unanswered canary request (a stall in progress when large)",
+            Unit::Seconds,
+            canary_oldest_inflight.clone(),
+        );
+        let canary_probes = Counter::default();
+        registry.register(
+            "canary_probes",
+            "Canary requests sent",
+            canary_probes.clone(),
+        );
+        let canary_failures = Counter::default();
+        registry.register(
+            "canary_failures",
+            "Canary requests that failed or were abandoned",
+            canary_failures.clone(),
+        );
         Metrics {
             registry,
             lookup_duration,
@@ -152,6 +200,11 @@ impl Metrics {
             queries,
             query_duration,
             timeouts,
+            stall_duration,
+            stalled_seconds,
+            canary_oldest_inflight,
+            canary_probes,
+            canary_failures,
         }
     }
 
@@ -191,6 +244,31 @@ impl Metrics {
         }
     }
 
+    /// Moves what the canaries saw since the last call into the metrics (draining the
+    /// stall list keeps memory bounded).
+    pub fn record_canary(&self, obs: &mut Observations, seen: &mut (u64, u64)) {
+        for stall in obs.stalls.drain(..) {
+            let source = SourceLabels {
+                source: "canary".into(),
+            };
+            self.stall_duration
+                .get_or_create(&source)
+                .observe(stall.seconds);
+            self.stalled_seconds
+                .get_or_create(&source)
+                .inc_by(stall.seconds);
+        }
+        self.canary_probes.inc_by(obs.probes.saturating_sub(seen.0));
+        self.canary_failures
+            .inc_by(obs.failures.saturating_sub(seen.1));
+        *seen = (obs.probes, obs.failures);
+        self.canary_oldest_inflight.set(
+            obs.oldest_inflight()
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0),
+        );
+    }
+
     /// OpenMetrics text.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -227,6 +305,36 @@ mod tests {
         assert!(text.contains(r#"apiworkload_sidecar_dns_lookups_total{target="api.example.com",mode="as_app",result="ok"} 1"#), "{text}");
         assert!(text.contains(r#"apiworkload_sidecar_dns_queries_total{target="api.example.com",mode="as_app",rcode="nxdomain"} 1"#));
         assert!(text.contains(r#"apiworkload_sidecar_dns_query_duration_seconds_count{nameserver="10.96.0.10",qtype="A",rcode="noerror"} 1"#));
+    }
+
+    #[test]
+    fn canary_stalls_become_a_histogram_and_a_stalled_seconds_counter() {
+        use crate::canary::Stall;
+        let m = Metrics::new(&[]);
+        let mut obs = Observations {
+            probes: 10,
+            inflight_since: vec![None],
+            ..Default::default()
+        };
+        obs.stalls.push(Stall {
+            connection: 0,
+            seconds: 1.5,
+            probe_seconds: 1.4,
+        });
+        let mut seen = (0, 0);
+        m.record_canary(&mut obs, &mut seen);
+        assert!(obs.stalls.is_empty(), "drained");
+        let text = m.encode();
+        assert!(
+            text.contains(
+                r#"apiworkload_sidecar_event_loop_stall_seconds_total{source="canary"} 1.5"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains(
+            r#"apiworkload_sidecar_event_loop_stall_duration_seconds_count{source="canary"} 1"#
+        ));
+        assert!(text.contains("apiworkload_sidecar_canary_probes_total 10"));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! and serialised with a lock, so every test binary shares one cluster). If the
 //! cluster cannot be started the calling test **fails** with the script's output:
 //! these tests never skip.
-#![allow(clippy::expect_used, clippy::panic)] // a harness failure must fail the test loudly
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a harness failure must fail the test loudly
 
 use std::{
     path::{Path, PathBuf},
@@ -217,4 +217,93 @@ where
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The venv with the pinned Python test servers (tests/apps/requirements.txt), created
+/// on first use by the same script `tests/run` uses. Panics if it cannot be made.
+pub fn python_venv() -> &'static Path {
+    static VENV: OnceLock<PathBuf> = OnceLock::new();
+    VENV.get_or_init(|| {
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg("source tests/lib.sh && use_python_env >&2 && echo \"$APIW_VENV\"")
+            .current_dir(repo_root())
+            .output()
+            .expect("run bash");
+        assert!(
+            out.status.success(),
+            "could not create the Python test venv:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    })
+}
+
+/// A Python server process (uvicorn, gunicorn) on loopback; killed on drop.
+#[derive(Debug)]
+pub struct PythonServer {
+    pub child: std::process::Child,
+    pub addr: std::net::SocketAddr,
+}
+
+impl PythonServer {
+    /// Runs `tool` (e.g. `uvicorn`) from the venv in tests/apps with `args`, where `{port}`
+    /// is replaced by a free loopback port; waits until GET /healthz answers.
+    pub fn start(tool: &str, args: &[&str]) -> PythonServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| a.replace("{port}", &port.to_string()))
+            .collect();
+        let child = Command::new(python_venv().join("bin").join(tool))
+            .args(&args)
+            .current_dir(repo_root().join("tests/apps"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start the Python server");
+        let server = PythonServer {
+            child,
+            addr: ([127, 0, 0, 1], port).into(),
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if http_get_blocking(server.addr, "/healthz")
+                .is_some_and(|r| r.starts_with("HTTP/1.1 200"))
+            {
+                return server;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{tool} {args:?} did not answer /healthz"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for PythonServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One GET on a fresh connection (blocking; for readiness checks).
+pub fn http_get_blocking(addr: std::net::SocketAddr, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
 }

@@ -1,0 +1,187 @@
+//! Canary requests that reveal a frozen event loop.
+//!
+//! Each canary holds one persistent keep-alive connection to the app and sends the cheap
+//! probe path every `period`. A persistent connection stays with the worker that accepted
+//! it (gunicorn workers share one accept queue, so fresh connections land on idle
+//! workers and miss a stalled one). A probe slower than `threshold` is a stall: the loop
+//! could not answer a trivial request.
+//!
+//! Duration: the stall began after the previous probe on that connection completed and
+//! no later than this probe was sent, so it lasted between `latency` and
+//! `latency + gap`; the estimate is the midpoint (error ≤ gap / 2 ≈ period / 2).
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::TcpStream,
+};
+
+/// Canary settings.
+#[derive(Debug, Clone)]
+pub struct CanaryConfig {
+    pub app: SocketAddr,
+    pub path: String,
+    /// Persistent connections (at least one per worker).
+    pub connections: usize,
+    pub period: Duration,
+    pub threshold: Duration,
+    /// A probe unanswered this long is abandoned and its connection replaced.
+    pub give_up: Duration,
+}
+
+/// One detected stall.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stall {
+    pub connection: usize,
+    /// Estimated duration of the stall.
+    pub seconds: f64,
+    /// Latency of the probe that saw it (a lower bound).
+    pub probe_seconds: f64,
+}
+
+/// What the canaries observed so far.
+#[derive(Debug, Default)]
+pub struct Observations {
+    pub probes: u64,
+    pub failures: u64,
+    /// Probes that had to open a new connection (keep-alive closed by the server).
+    pub reconnects: u64,
+    pub stalls: Vec<Stall>,
+    /// Per connection: when its outstanding probe was sent.
+    pub inflight_since: Vec<Option<Instant>>,
+    /// Latency of every completed probe, in seconds (bounded to the last 4096).
+    pub latencies: Vec<f64>,
+}
+
+impl Observations {
+    /// Age of the oldest unanswered probe: a stall in progress when above the threshold.
+    pub fn oldest_inflight(&self) -> Option<Duration> {
+        self.inflight_since
+            .iter()
+            .flatten()
+            .map(|t| t.elapsed())
+            .max()
+    }
+
+    /// Total stalled time detected.
+    pub fn stalled_seconds(&self) -> f64 {
+        self.stalls.iter().map(|s| s.seconds).sum()
+    }
+}
+
+/// Reads one HTTP/1.1 response; returns whether the server keeps the connection open.
+async fn read_response(reader: &mut BufReader<TcpStream>) -> std::io::Result<bool> {
+    let mut line = String::new();
+    let mut content_length = 0usize;
+    let mut keep_alive = true;
+    let mut first = true;
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        if first {
+            first = false;
+            if !line.starts_with("HTTP/1.") {
+                return Err(std::io::ErrorKind::InvalidData.into());
+            }
+            continue;
+        }
+        let header = line.trim_end();
+        if header.is_empty() {
+            break;
+        }
+        let lower = header.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            content_length = v.trim().parse().unwrap_or(0);
+        } else if lower.starts_with("connection:") && lower.contains("close") {
+            keep_alive = false;
+        }
+    }
+    let mut body = vec![0u8; content_length.min(1 << 20)];
+    reader.read_exact(&mut body).await?;
+    Ok(keep_alive)
+}
+
+async fn probe(conn: &mut Option<BufReader<TcpStream>>, cfg: &CanaryConfig) -> std::io::Result<()> {
+    let reader = match conn {
+        Some(r) => r,
+        None => conn.insert(BufReader::new(TcpStream::connect(cfg.app).await?)),
+    };
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: apiworkload-canary\r\n\r\n",
+        cfg.path
+    );
+    reader.get_mut().write_all(request.as_bytes()).await?;
+    if !read_response(reader).await? {
+        *conn = None;
+    }
+    Ok(())
+}
+
+async fn run_one(index: usize, cfg: CanaryConfig, obs: Arc<Mutex<Observations>>) {
+    let mut conn: Option<BufReader<TcpStream>> = None;
+    let mut last_done: Option<Instant> = None;
+    let mut ticker = tokio::time::interval(cfg.period);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let fresh = conn.is_none();
+        let sent = Instant::now();
+        if let Ok(mut o) = obs.lock() {
+            o.inflight_since[index] = Some(sent);
+        }
+        let outcome = tokio::time::timeout(cfg.give_up, probe(&mut conn, &cfg)).await;
+        let done = Instant::now();
+        let latency = done - sent;
+        let Ok(mut o) = obs.lock() else { return };
+        o.inflight_since[index] = None;
+        o.probes += 1;
+        if fresh {
+            o.reconnects += 1;
+        }
+        match outcome {
+            Ok(Ok(())) => {
+                if o.latencies.len() >= 4096 {
+                    o.latencies.remove(0);
+                }
+                o.latencies.push(latency.as_secs_f64());
+                if latency > cfg.threshold {
+                    // A fresh connection's handshake also waited on the frozen loop.
+                    let gap = last_done
+                        .map(|l| sent.saturating_duration_since(l))
+                        .unwrap_or_default();
+                    o.stalls.push(Stall {
+                        connection: index,
+                        seconds: latency.as_secs_f64() + gap.as_secs_f64() / 2.0,
+                        probe_seconds: latency.as_secs_f64(),
+                    });
+                }
+                last_done = Some(done);
+            }
+            _ => {
+                o.failures += 1;
+                conn = None;
+                last_done = None;
+            }
+        }
+    }
+}
+
+/// Starts the canaries; their observations accumulate in the returned handle.
+pub fn start(cfg: CanaryConfig) -> Arc<Mutex<Observations>> {
+    let connections = cfg.connections.max(1);
+    let obs = Arc::new(Mutex::new(Observations {
+        inflight_since: vec![None; connections],
+        ..Default::default()
+    }));
+    for i in 0..connections {
+        tokio::spawn(run_one(i, cfg.clone(), obs.clone()));
+    }
+    obs
+}

@@ -1,0 +1,185 @@
+//! Event-loop stalls seen by the canary against real Python servers on loopback: none on
+//! a healthy app under light load; an async handler that blocks the loop (sync sleep or a
+//! CPU loop), under background traffic, is detected with its duration within ±20 %.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use apiworkload_e2e::{PythonServer, http_get_blocking};
+use apiworkload_sidecar::canary::{self, CanaryConfig, Observations};
+
+fn canary_for(server: &PythonServer, connections: usize) -> Arc<Mutex<Observations>> {
+    canary::start(CanaryConfig {
+        app: server.addr,
+        path: "/healthz".into(),
+        connections,
+        period: Duration::from_millis(250),
+        threshold: Duration::from_millis(100),
+        give_up: Duration::from_secs(30),
+    })
+}
+
+/// Light background load on fresh connections, bounded in count and time.
+fn background_traffic(addr: std::net::SocketAddr, requests: usize) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        for _ in 0..requests {
+            let _ = http_get_blocking(addr, "/healthz");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+}
+
+fn uvicorn() -> PythonServer {
+    PythonServer::start(
+        "uvicorn",
+        &[
+            "app:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "{port}",
+            "--log-level",
+            "warning",
+        ],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_app_under_light_load_records_no_stall() {
+    let server = tokio::task::spawn_blocking(uvicorn).await.unwrap();
+    let obs = canary_for(&server, 1);
+    let load = background_traffic(server.addr, 30);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::task::spawn_blocking(move || load.join().unwrap())
+        .await
+        .unwrap();
+    let o = obs.lock().unwrap();
+    assert!(o.probes >= 12, "{} probes in 4 s at 4 Hz", o.probes);
+    assert_eq!(o.failures, 0);
+    assert!(
+        o.stalls.is_empty(),
+        "stalls on a healthy app: {:?}",
+        o.stalls
+    );
+    assert_eq!(o.reconnects, 1, "the probe connection is kept alive");
+}
+
+async fn injected_stall_is_measured(path: &'static str, seconds: f64) {
+    let server = tokio::task::spawn_blocking(uvicorn).await.unwrap();
+    let obs = canary_for(&server, 1);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let load = background_traffic(server.addr, 30);
+    let addr = server.addr;
+    let blocked = tokio::task::spawn_blocking(move || {
+        http_get_blocking(addr, &format!("{path}?seconds={seconds}"))
+    });
+    // While the loop is frozen, the canary sees a stall in progress.
+    tokio::time::sleep(Duration::from_secs_f64(seconds / 2.0)).await;
+    let in_progress = obs.lock().unwrap().oldest_inflight();
+    assert!(
+        in_progress.is_some_and(|d| d > Duration::from_millis(100)),
+        "no stall in progress: {in_progress:?}"
+    );
+    assert!(
+        blocked
+            .await
+            .unwrap()
+            .is_some_and(|r| r.starts_with("HTTP/1.1 200"))
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::task::spawn_blocking(move || load.join().unwrap())
+        .await
+        .unwrap();
+
+    let o = obs.lock().unwrap();
+    assert_eq!(o.stalls.len(), 1, "one stall expected: {:?}", o.stalls);
+    let measured = o.stalls[0].seconds;
+    let error = (measured - seconds).abs() / seconds;
+    assert!(
+        error <= 0.20,
+        "{path}: measured {measured:.3}s for an injected {seconds}s stall ({:.0}% off)",
+        error * 100.0
+    );
+    eprintln!(
+        "{path}: injected {seconds}s, measured {measured:.3}s ({:+.1}%)",
+        (measured - seconds) / seconds * 100.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_sleep_in_an_async_handler_is_a_measured_stall() {
+    injected_stall_is_measured("/block", 1.5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cpu_bound_handler_is_a_measured_stall() {
+    injected_stall_is_measured("/cpu", 1.0).await;
+}
+
+/// The real binary: a 1.2 s stall in a real uvicorn shows up in /metrics as stalled seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sidecar_binary_exports_stalled_seconds() {
+    let server = tokio::task::spawn_blocking(uvicorn).await.unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut sidecar = std::process::Command::new(env!("CARGO_BIN_EXE_apiworkload-sidecar"))
+        .args([
+            format!("--listen=127.0.0.1:{port}"),
+            format!("--app-port={}", server.addr.port()),
+            "--workers=1".into(),
+            "--resolv-conf=/dev/null".into(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let metrics_addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let stalled = |text: &str| -> f64 {
+        text.lines()
+            .find(|l| {
+                l.starts_with(
+                    r#"apiworkload_sidecar_event_loop_stall_seconds_total{source="canary"}"#,
+                )
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = tokio::task::spawn_blocking(move || http_get_blocking(metrics_addr, "/metrics"))
+        .await
+        .unwrap();
+    let addr = server.addr;
+    tokio::task::spawn_blocking(move || http_get_blocking(addr, "/block?seconds=1.2"))
+        .await
+        .unwrap();
+    let mut text = String::new();
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        text = tokio::task::spawn_blocking(move || http_get_blocking(metrics_addr, "/metrics"))
+            .await
+            .unwrap()
+            .unwrap_or_default();
+        if stalled(&text) > 0.0 {
+            break;
+        }
+    }
+    let _ = sidecar.kill();
+    let _ = sidecar.wait();
+    assert_eq!(
+        before.map(|t| stalled(&t)),
+        Some(0.0),
+        "no stall before the injection"
+    );
+    let seconds = stalled(&text);
+    assert!(
+        (0.96..=1.44).contains(&seconds),
+        "stalled seconds {seconds} for a 1.2 s stall:\n{text}"
+    );
+    assert!(text.contains("apiworkload_sidecar_canary_probes_total"));
+}

@@ -1,0 +1,41 @@
+"""A FastAPI service with the failure modes the sidecar must see.
+
+- GET /healthz: cheap, in-process (the canary endpoint).
+- GET /block?seconds=S: an async handler that calls time.sleep, freezing the event loop.
+- GET /cpu?seconds=S: an async handler that burns CPU for S seconds.
+- POST /parse: parses a JSON body in the handler (large bodies stall the loop).
+"""
+
+import json
+import time
+
+from fastapi import FastAPI, Request
+
+app = FastAPI()
+
+
+@app.get("/healthz")
+async def healthz():
+    return {"ok": True}
+
+
+@app.get("/block")
+async def block(seconds: float = 1.0):
+    time.sleep(seconds)  # the bug under test: blocking call in async code
+    return {"blocked": seconds}
+
+
+@app.get("/cpu")
+async def cpu(seconds: float = 1.0):
+    end = time.perf_counter() + seconds
+    n = 0
+    while time.perf_counter() < end:
+        n += 1
+    return {"iterations": n}
+
+
+@app.post("/parse")
+async def parse(request: Request):
+    body = await request.body()
+    data = json.loads(body)
+    return {"items": len(data) if hasattr(data, "__len__") else 1}
