@@ -11,3 +11,4 @@ pub mod dns;
 pub mod procnet;
 pub mod report;
 pub mod resolv;
+pub mod sockets;

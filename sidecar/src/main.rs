@@ -10,8 +10,9 @@ use apiworkload_sidecar::{
     canary::{self, CanaryConfig},
     config::Config,
     dns::{self, Lookup, Mode},
+    procnet,
     report::{self, Metrics},
-    resolv,
+    resolv, sockets,
 };
 use axum::{Json, Router, extract::State, response::IntoResponse, routing::get};
 use clap::Parser;
@@ -96,6 +97,38 @@ async fn watch_event_loop(config: Config, metrics: Arc<Metrics>) {
     }
 }
 
+/// Samples the pod's socket table every second: outbound connections of the app (not
+/// the sidecar's own, told apart by UID; not inbound to the app's port).
+async fn watch_connections(config: Config, metrics: Arc<Metrics>) {
+    use std::os::unix::fs::MetadataExt;
+    let own_uid = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
+    let mut tracker = sockets::OutboundTracker::default();
+    let mut seen = (0, 0);
+    let mut ticker = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut first = true;
+    loop {
+        ticker.tick().await;
+        let rows: Vec<_> = ["net/tcp", "net/tcp6"]
+            .iter()
+            .filter_map(|f| std::fs::read_to_string(config.proc_root.join(f)).ok())
+            .filter_map(|text| procnet::parse_tcp(&text).ok())
+            .flatten()
+            .filter(|r| {
+                Some(r.uid) != own_uid
+                    && r.local.port() != config.app_port
+                    && r.remote.port() != config.app_port
+            })
+            .collect();
+        let now = std::time::Instant::now();
+        if std::mem::take(&mut first) {
+            tracker.baseline(&rows, now);
+        } else {
+            tracker.observe(&rows, now);
+        }
+        metrics.record_outbound(&mut tracker, &mut seen);
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -117,6 +150,7 @@ async fn main() -> anyhow::Result<()> {
         tokio::spawn(probe_dns(config.clone(), state.clone()));
     }
     tokio::spawn(watch_event_loop(config.clone(), state.metrics.clone()));
+    tokio::spawn(watch_connections(config.clone(), state.metrics.clone()));
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))

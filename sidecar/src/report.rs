@@ -17,6 +17,7 @@ use crate::{
     canary::Observations,
     dns::{Lookup, Mode, Rcode},
     resolv::{ResolvConf, candidates},
+    sockets::OutboundTracker,
 };
 
 /// What the resolver configuration alone says about one probed name.
@@ -93,6 +94,9 @@ pub struct Metrics {
     canary_oldest_inflight: Gauge<f64, std::sync::atomic::AtomicU64>,
     canary_probes: Counter,
     canary_failures: Counter,
+    outbound_opened: Counter,
+    outbound_closed_locally: Counter,
+    outbound_duration: Histogram,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -193,7 +197,30 @@ impl Metrics {
             "Canary requests that failed or were abandoned",
             canary_failures.clone(),
         );
+        let outbound_opened = Counter::default();
+        registry.register(
+            "tcp_outbound_connections_opened",
+            "Outbound TCP connections the app opened (a client per request shows as a high rate)",
+            outbound_opened.clone(),
+        );
+        let outbound_closed_locally = Counter::default();
+        registry.register(
+            "tcp_outbound_connections_closed_locally",
+            "Outbound connections the app closed itself",
+            outbound_closed_locally.clone(),
+        );
+        let outbound_duration =
+            Histogram::new([0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0]);
+        registry.register_with_unit(
+            "tcp_outbound_connection_duration",
+            "Lifetime of outbound connections (short means no pooling)",
+            Unit::Seconds,
+            outbound_duration.clone(),
+        );
         Metrics {
+            outbound_opened,
+            outbound_closed_locally,
+            outbound_duration,
             registry,
             lookup_duration,
             lookups,
@@ -267,6 +294,18 @@ impl Metrics {
                 .map(|d| d.as_secs_f64())
                 .unwrap_or(0.0),
         );
+    }
+
+    /// Moves what the outbound tracker counted since the last call into the metrics.
+    pub fn record_outbound(&self, tracker: &mut OutboundTracker, seen: &mut (u64, u64)) {
+        self.outbound_opened
+            .inc_by(tracker.opened.saturating_sub(seen.0));
+        self.outbound_closed_locally
+            .inc_by(tracker.closed_locally.saturating_sub(seen.1));
+        *seen = (tracker.opened, tracker.closed_locally);
+        for lifetime in tracker.lifetimes.drain(..) {
+            self.outbound_duration.observe(lifetime);
+        }
     }
 
     /// OpenMetrics text.

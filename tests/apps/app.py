@@ -39,3 +39,20 @@ async def parse(request: Request):
     body = await request.body()
     data = json.loads(body)
     return {"items": len(data) if hasattr(data, "__len__") else 1}
+
+
+# Outbound calls, pooled or not (the classic: a new HTTP client per request).
+import httpx  # noqa: E402
+
+_shared_client = httpx.AsyncClient()
+
+
+@app.get("/outbound")
+async def outbound(url: str, n: int = 1, pooled: bool = True):
+    for _ in range(n):
+        if pooled:
+            await _shared_client.get(url)
+        else:
+            async with httpx.AsyncClient() as client:
+                await client.get(url)
+    return {"calls": n, "pooled": pooled}
