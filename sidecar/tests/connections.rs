@@ -21,21 +21,6 @@ fn outbound_rows(upstream_port: u16) -> Vec<TcpRow> {
         .collect()
 }
 
-fn uvicorn() -> PythonServer {
-    PythonServer::start(
-        "uvicorn",
-        &[
-            "app:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "{port}",
-            "--log-level",
-            "warning",
-        ],
-    )
-}
-
 /// Runs `calls` outbound calls through the app while sampling every 100 ms.
 async fn measure(
     app: &PythonServer,
@@ -68,8 +53,12 @@ async fn measure(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_per_call_churns_and_a_shared_client_does_not() {
-    let upstream = tokio::task::spawn_blocking(uvicorn).await.unwrap();
-    let app = tokio::task::spawn_blocking(uvicorn).await.unwrap();
+    let upstream = tokio::task::spawn_blocking(PythonServer::uvicorn)
+        .await
+        .unwrap();
+    let app = tokio::task::spawn_blocking(PythonServer::uvicorn)
+        .await
+        .unwrap();
 
     let unpooled = measure(&app, &upstream, 20, false).await;
     assert_eq!(unpooled.opened, 20, "one connection per call");

@@ -32,24 +32,11 @@ fn background_traffic(addr: std::net::SocketAddr, requests: usize) -> std::threa
     })
 }
 
-fn uvicorn() -> PythonServer {
-    PythonServer::start(
-        "uvicorn",
-        &[
-            "app:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "{port}",
-            "--log-level",
-            "warning",
-        ],
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healthy_app_under_light_load_records_no_stall() {
-    let server = tokio::task::spawn_blocking(uvicorn).await.unwrap();
+    let server = tokio::task::spawn_blocking(PythonServer::uvicorn)
+        .await
+        .unwrap();
     let obs = canary_for(&server, 1);
     let load = background_traffic(server.addr, 30);
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -68,7 +55,9 @@ async fn a_healthy_app_under_light_load_records_no_stall() {
 }
 
 async fn injected_stall_is_measured(path: &'static str, seconds: f64) {
-    let server = tokio::task::spawn_blocking(uvicorn).await.unwrap();
+    let server = tokio::task::spawn_blocking(PythonServer::uvicorn)
+        .await
+        .unwrap();
     let obs = canary_for(&server, 1);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let load = background_traffic(server.addr, 30);
@@ -122,7 +111,9 @@ async fn a_cpu_bound_handler_is_a_measured_stall() {
 /// The real binary: a 1.2 s stall in a real uvicorn shows up in /metrics as stalled seconds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sidecar_binary_exports_stalled_seconds() {
-    let server = tokio::task::spawn_blocking(uvicorn).await.unwrap();
+    let server = tokio::task::spawn_blocking(PythonServer::uvicorn)
+        .await
+        .unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -247,6 +247,22 @@ pub struct PythonServer {
 }
 
 impl PythonServer {
+    /// tests/apps' FastAPI app on plain uvicorn (one process), loopback only.
+    pub fn uvicorn() -> PythonServer {
+        PythonServer::start(
+            "uvicorn",
+            &[
+                "app:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "{port}",
+                "--log-level",
+                "warning",
+            ],
+        )
+    }
+
     /// Runs `tool` (e.g. `uvicorn`) from the venv in tests/apps with `args`, where `{port}`
     /// is replaced by a free loopback port; waits until GET /healthz answers.
     pub fn start(tool: &str, args: &[&str]) -> PythonServer {
