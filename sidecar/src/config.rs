@@ -33,6 +33,10 @@ pub struct Config {
     /// A name to resolve as the app would (repeatable).
     #[arg(long = "dns-probe", env = "APIW_DNS_PROBE", value_delimiter = ',')]
     pub dns_probes: Vec<String>,
+    /// Evaluation window of the conditions: one turns False after 3 bad windows in a row
+    /// and True after 5 good ones.
+    #[arg(long, env = "APIW_WINDOW", default_value = "10s", value_parser = parse_duration)]
+    pub window: std::time::Duration,
     /// How often each DNS name is probed.
     #[arg(long, env = "APIW_DNS_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub dns_interval: std::time::Duration,

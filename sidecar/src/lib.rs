@@ -6,6 +6,7 @@
 //! wires them to the pod's files and serves the results.
 
 pub mod canary;
+pub mod conditions;
 pub mod config;
 pub mod dns;
 pub mod procnet;

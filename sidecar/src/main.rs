@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context as _;
 use apiworkload_sidecar::{
     canary::{self, CanaryConfig},
+    conditions::{Conditions, Thresholds, WindowAccumulator as Window},
     config::Config,
     dns::{self, Lookup, Mode},
     procnet,
@@ -21,6 +22,9 @@ use tracing::info;
 #[derive(Clone)]
 struct AppState {
     metrics: Arc<Metrics>,
+    /// What the watchers measured since the last evaluation.
+    window: Arc<Mutex<Window>>,
+    conditions: Arc<Mutex<Conditions>>,
     resolv: Arc<Mutex<resolv::ResolvConf>>,
     expansions: Arc<Vec<report::SearchExpansion>>,
     lookups: Arc<Mutex<Vec<Lookup>>>,
@@ -49,6 +53,7 @@ async fn report_json(State(s): State<AppState>) -> impl IntoResponse {
         },
         "dns": *s.expansions,
         "lastLookups": lookups,
+        "conditions": s.conditions.lock().map(|c| serde_json::to_value(&*c).unwrap_or_default()).unwrap_or_default(),
     }))
 }
 
@@ -65,6 +70,22 @@ async fn probe_dns(config: Config, state: AppState) {
             for mode in [Mode::AsApp, Mode::Fqdn] {
                 let lookup = dns::lookup(&conf, &nameservers, target, mode).await;
                 state.metrics.record(&lookup);
+                if let Ok(mut w) = state.window.lock() {
+                    w.dns_timeouts += lookup
+                        .queries
+                        .iter()
+                        .filter(|q| q.rcode == dns::Rcode::Timeout)
+                        .count() as u64;
+                    if mode == Mode::AsApp {
+                        w.dns_lookups += 1;
+                        w.dns_queries += lookup.queries.len() as u64;
+                        let slowest = w
+                            .dns_slowest_lookup_seconds
+                            .unwrap_or(0.0)
+                            .max(lookup.seconds);
+                        w.dns_slowest_lookup_seconds = Some(slowest);
+                    }
+                }
                 round.push(lookup);
             }
         }
@@ -78,7 +99,7 @@ async fn probe_dns(config: Config, state: AppState) {
 }
 
 /// Canaries on one persistent connection per worker; stalls reach /metrics every second.
-async fn watch_event_loop(config: Config, metrics: Arc<Metrics>) {
+async fn watch_event_loop(config: Config, metrics: Arc<Metrics>, window: Arc<Mutex<Window>>) {
     let observations = canary::start(CanaryConfig {
         app: std::net::SocketAddr::from(([127, 0, 0, 1], config.app_port)),
         path: config.probe_path.clone(),
@@ -92,14 +113,25 @@ async fn watch_event_loop(config: Config, metrics: Arc<Metrics>) {
     loop {
         ticker.tick().await;
         if let Ok(mut obs) = observations.lock() {
+            let stalled: f64 = obs.stalls.iter().map(|s| s.seconds).sum();
+            let in_progress = obs
+                .oldest_inflight()
+                .filter(|d| *d > config.stall_threshold);
             metrics.record_canary(&mut obs, &mut seen);
+            if let Ok(mut w) = window.lock() {
+                w.stalled_seconds += stalled;
+                // A stall still in progress counts toward this window as it happens.
+                if in_progress.is_some() {
+                    w.stalled_in_progress = true;
+                }
+            }
         }
     }
 }
 
 /// Samples the pod's socket table every second: outbound connections of the app (not
 /// the sidecar's own, told apart by UID; not inbound to the app's port).
-async fn watch_connections(config: Config, metrics: Arc<Metrics>) {
+async fn watch_connections(config: Config, metrics: Arc<Metrics>, window: Arc<Mutex<Window>>) {
     use std::os::unix::fs::MetadataExt;
     let own_uid = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
     let mut tracker = sockets::OutboundTracker::default();
@@ -125,7 +157,42 @@ async fn watch_connections(config: Config, metrics: Arc<Metrics>) {
         } else {
             tracker.observe(&rows, now);
         }
+        let opened = tracker.opened.saturating_sub(seen.0);
+        if let Ok(mut w) = window.lock() {
+            w.outbound_opened += opened;
+            w.outbound_lifetimes
+                .extend(tracker.lifetimes.iter().copied());
+        }
         metrics.record_outbound(&mut tracker, &mut seen);
+    }
+}
+
+/// Every `--window`: turns what was measured into condition verdicts (with hysteresis).
+async fn evaluate_conditions(config: Config, state: AppState) {
+    let thresholds = Thresholds::default();
+    let mut ticker = tokio::time::interval(config.window);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        let Ok(mut acc) = state.window.lock().map(|mut w| std::mem::take(&mut *w)) else {
+            return;
+        };
+        acc.window_seconds = config.window.as_secs_f64();
+        let window = acc.finish(config.stall_threshold.as_secs_f64());
+        let Ok(mut conditions) = state.conditions.lock() else {
+            return;
+        };
+        for flipped in conditions.evaluate(&window, &thresholds) {
+            let c = conditions
+                .all()
+                .into_iter()
+                .find(|c| c.type_ == flipped)
+                .cloned();
+            if let Some(c) = c {
+                info!(condition = c.type_, status = c.status, reason = %c.reason, message = %c.message, "condition changed");
+            }
+        }
+        state.metrics.record_conditions(&conditions);
     }
 }
 
@@ -142,6 +209,8 @@ async fn main() -> anyhow::Result<()> {
     let expansions = report::search_expansions(&conf, &config.dns_probes);
     let state = AppState {
         metrics: Arc::new(Metrics::new(&expansions)),
+        window: Arc::default(),
+        conditions: Arc::default(),
         resolv: Arc::new(Mutex::new(conf)),
         expansions: Arc::new(expansions),
         lookups: Arc::default(),
@@ -149,8 +218,17 @@ async fn main() -> anyhow::Result<()> {
     if !config.dns_probes.is_empty() {
         tokio::spawn(probe_dns(config.clone(), state.clone()));
     }
-    tokio::spawn(watch_event_loop(config.clone(), state.metrics.clone()));
-    tokio::spawn(watch_connections(config.clone(), state.metrics.clone()));
+    tokio::spawn(watch_event_loop(
+        config.clone(),
+        state.metrics.clone(),
+        state.window.clone(),
+    ));
+    tokio::spawn(watch_connections(
+        config.clone(),
+        state.metrics.clone(),
+        state.window.clone(),
+    ));
+    tokio::spawn(evaluate_conditions(config.clone(), state.clone()));
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))

@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use crate::{
     canary::Observations,
+    conditions::Conditions,
     dns::{Lookup, Mode, Rcode},
     resolv::{ResolvConf, candidates},
     sockets::OutboundTracker,
@@ -97,6 +98,13 @@ pub struct Metrics {
     outbound_opened: Counter,
     outbound_closed_locally: Counter,
     outbound_duration: Histogram,
+    condition: Family<ConditionLabels, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConditionLabels {
+    r#type: String,
+    status: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -217,7 +225,14 @@ impl Metrics {
             Unit::Seconds,
             outbound_duration.clone(),
         );
+        let condition = Family::<ConditionLabels, Gauge>::default();
+        registry.register(
+            "condition",
+            "1 for each condition's current status",
+            condition.clone(),
+        );
         Metrics {
+            condition,
             outbound_opened,
             outbound_closed_locally,
             outbound_duration,
@@ -305,6 +320,21 @@ impl Metrics {
         *seen = (tracker.opened, tracker.closed_locally);
         for lifetime in tracker.lifetimes.drain(..) {
             self.outbound_duration.observe(lifetime);
+        }
+    }
+
+    /// Mirrors the conditions as `condition{type,status}` 0/1 gauges (like NPD's).
+    pub fn record_conditions(&self, conditions: &Conditions) {
+        for c in conditions.all() {
+            for status in ["True", "False"] {
+                let on = (status == "True") == c.status;
+                self.condition
+                    .get_or_create(&ConditionLabels {
+                        r#type: c.type_.into(),
+                        status: status.into(),
+                    })
+                    .set(i64::from(on));
+            }
         }
     }
 

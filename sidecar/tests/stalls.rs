@@ -174,3 +174,74 @@ async fn the_sidecar_binary_exports_stalled_seconds() {
     );
     assert!(text.contains("apiworkload_sidecar_canary_probes_total"));
 }
+
+/// Hysteresis on the real binary: a 5 s stall turns EventLoopResponsive False (3 bad 1 s
+/// windows), and it turns True again after 5 good windows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_loop_condition_turns_false_during_a_long_stall_and_recovers() {
+    let server = tokio::task::spawn_blocking(PythonServer::uvicorn)
+        .await
+        .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut sidecar = std::process::Command::new(env!("CARGO_BIN_EXE_apiworkload-sidecar"))
+        .args([
+            format!("--listen=127.0.0.1:{port}"),
+            format!("--app-port={}", server.addr.port()),
+            "--window=1s".into(),
+            "--resolv-conf=/dev/null".into(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let report_addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let event_loop = move || -> Option<(bool, String)> {
+        let text = http_get_blocking(report_addr, "/report")?;
+        let body: serde_json::Value = serde_json::from_str(text.split("\r\n\r\n").nth(1)?).ok()?;
+        let c = &body["conditions"]["event_loop"];
+        Some((c["status"].as_bool()?, c["reason"].as_str()?.to_string()))
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let healthy = tokio::task::spawn_blocking(event_loop).await.unwrap();
+    let addr = server.addr;
+    let stall = tokio::task::spawn_blocking(move || http_get_blocking(addr, "/block?seconds=5"));
+    let mut during = None;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        during = tokio::task::spawn_blocking(event_loop).await.unwrap();
+        if during.as_ref().is_some_and(|(ok, _)| !ok) {
+            break;
+        }
+    }
+    let stall_finished = stall.is_finished();
+    stall.await.unwrap();
+    let mut after = None;
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        after = tokio::task::spawn_blocking(event_loop).await.unwrap();
+        if after.as_ref().is_some_and(|(ok, _)| *ok) {
+            break;
+        }
+    }
+    let _ = sidecar.kill();
+    let _ = sidecar.wait();
+    assert_eq!(healthy, Some((true, "Responsive".to_string())));
+    assert_eq!(
+        during,
+        Some((false, "LoopStalled".to_string())),
+        "False while the stall lasts"
+    );
+    assert!(
+        !stall_finished,
+        "the condition turned False before the stall ended"
+    );
+    assert_eq!(
+        after,
+        Some((true, "Responsive".to_string())),
+        "True again after 5 good windows"
+    );
+}

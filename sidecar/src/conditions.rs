@@ -1,0 +1,324 @@
+//! The sidecar's three conditions, decided per evaluation window from its measurements,
+//! with hysteresis: a condition turns False after `FALSE_AFTER` bad windows in a row and
+//! back to True after `TRUE_AFTER` good ones, so one slow probe does not flap it.
+
+use serde::Serialize;
+
+/// Bad windows in a row before a condition turns False.
+pub const FALSE_AFTER: u32 = 3;
+/// Good windows in a row before it turns True again.
+pub const TRUE_AFTER: u32 = 5;
+
+/// What one window measured.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Window {
+    /// Seconds of the window the event loop was stalled.
+    pub stalled_seconds: f64,
+    pub window_seconds: f64,
+    /// As-app DNS queries per lookup (None without DNS probes).
+    pub dns_queries_per_lookup: Option<f64>,
+    /// Slowest as-app lookup in the window.
+    pub dns_slowest_lookup_seconds: Option<f64>,
+    pub dns_timeouts: u64,
+    /// Outbound connections opened in the window.
+    pub outbound_opened: u64,
+    /// Median lifetime of outbound connections that ended in the window.
+    pub outbound_median_lifetime_seconds: Option<f64>,
+}
+
+/// Raw measurements accumulated by the watchers between two evaluations.
+#[derive(Debug, Clone, Default)]
+pub struct WindowAccumulator {
+    pub stalled_seconds: f64,
+    /// A canary probe was outstanding past the threshold at some point in the window.
+    pub stalled_in_progress: bool,
+    pub window_seconds: f64,
+    pub dns_lookups: u64,
+    pub dns_queries: u64,
+    pub dns_slowest_lookup_seconds: Option<f64>,
+    pub dns_timeouts: u64,
+    pub outbound_opened: u64,
+    pub outbound_lifetimes: Vec<f64>,
+}
+
+impl WindowAccumulator {
+    /// The window's summary. A stall in progress counts as stalled for the whole window
+    /// (at least the threshold), so a long stall is reported while it happens.
+    pub fn finish(self, threshold_seconds: f64) -> Window {
+        let mut stalled = self.stalled_seconds;
+        if self.stalled_in_progress {
+            stalled = stalled.max(self.window_seconds.max(threshold_seconds));
+        }
+        let mut lifetimes = self.outbound_lifetimes;
+        lifetimes.sort_by(f64::total_cmp);
+        Window {
+            stalled_seconds: stalled.min(self.window_seconds),
+            window_seconds: self.window_seconds,
+            dns_queries_per_lookup: (self.dns_lookups > 0)
+                .then(|| self.dns_queries as f64 / self.dns_lookups as f64),
+            dns_slowest_lookup_seconds: self.dns_slowest_lookup_seconds,
+            dns_timeouts: self.dns_timeouts,
+            outbound_opened: self.outbound_opened,
+            outbound_median_lifetime_seconds: lifetimes.get(lifetimes.len() / 2).copied(),
+        }
+    }
+}
+
+/// Thresholds (defaults documented in `--help`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Thresholds {
+    /// Stalled fraction of a window that counts as bad.
+    pub stalled_fraction: f64,
+    /// Queries per lookup above which the search list is a tax (2 = A + AAAA once).
+    pub dns_queries_per_lookup: f64,
+    pub dns_slow_seconds: f64,
+    /// New outbound connections per second that count as churn…
+    pub outbound_per_second: f64,
+    /// …when they also live shorter than this.
+    pub outbound_short_lifetime_seconds: f64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            stalled_fraction: 0.05,
+            dns_queries_per_lookup: 4.0,
+            dns_slow_seconds: 0.5,
+            outbound_per_second: 1.0,
+            outbound_short_lifetime_seconds: 1.0,
+        }
+    }
+}
+
+/// A verdict for one window: None = healthy, Some((reason, message)) = a problem.
+type Verdict = Option<(&'static str, String)>;
+
+fn event_loop(w: &Window, t: &Thresholds) -> Verdict {
+    let fraction = if w.window_seconds > 0.0 {
+        w.stalled_seconds / w.window_seconds
+    } else {
+        0.0
+    };
+    (fraction > t.stalled_fraction).then(|| {
+        ("LoopStalled", format!(
+            "the event loop was stalled {:.0}% of the last {:.0}s: CPU-bound work or a blocking call in an async handler? Move it to a thread pool or a worker process",
+            fraction * 100.0, w.window_seconds
+        ))
+    })
+}
+
+fn dns(w: &Window, t: &Thresholds) -> Verdict {
+    if w.dns_timeouts > 0 {
+        return Some((
+            "Timeouts",
+            format!(
+                "{} DNS queries timed out (the 5 s retry stall): check conntrack races (single-request-reopen) or use NodeLocal DNSCache",
+                w.dns_timeouts
+            ),
+        ));
+    }
+    if let Some(q) = w
+        .dns_queries_per_lookup
+        .filter(|q| *q > t.dns_queries_per_lookup)
+    {
+        return Some((
+            "SearchAmplification",
+            format!(
+                "{q:.1} DNS queries per lookup: the search list is walked before external names; set spec.dns.ndots: 2 or use trailing-dot names"
+            ),
+        ));
+    }
+    w.dns_slowest_lookup_seconds
+        .filter(|s| *s > t.dns_slow_seconds)
+        .map(|s| {
+            (
+                "SlowResolution",
+                format!("a lookup took {:.0} ms as the app sees it", s * 1000.0),
+            )
+        })
+}
+
+fn connections(w: &Window, t: &Thresholds) -> Verdict {
+    let rate = if w.window_seconds > 0.0 {
+        w.outbound_opened as f64 / w.window_seconds
+    } else {
+        0.0
+    };
+    let short = w
+        .outbound_median_lifetime_seconds
+        .is_some_and(|l| l < t.outbound_short_lifetime_seconds);
+    (rate > t.outbound_per_second && short).then(|| {
+        ("OutboundChurn", format!(
+            "{rate:.1} new outbound connections/s living {:.0} ms on median: an HTTP client created per request? Share one pooled client (httpx.AsyncClient, requests.Session)",
+            w.outbound_median_lifetime_seconds.unwrap_or(0.0) * 1000.0
+        ))
+    })
+}
+
+/// One condition's state.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: &'static str,
+    pub status: bool,
+    pub reason: String,
+    pub message: String,
+    #[serde(skip)]
+    bad_streak: u32,
+    #[serde(skip)]
+    good_streak: u32,
+}
+
+impl Condition {
+    fn new(type_: &'static str, healthy_reason: &str) -> Self {
+        Condition {
+            type_,
+            status: true,
+            reason: healthy_reason.into(),
+            message: String::new(),
+            bad_streak: 0,
+            good_streak: 0,
+        }
+    }
+
+    /// Folds in one window's verdict; returns true when the status flipped.
+    fn update(&mut self, verdict: Verdict, healthy_reason: &str) -> bool {
+        match verdict {
+            Some((reason, message)) => {
+                self.bad_streak += 1;
+                self.good_streak = 0;
+                if self.status && self.bad_streak >= FALSE_AFTER {
+                    (self.status, self.reason, self.message) = (false, reason.into(), message);
+                    return true;
+                }
+                if !self.status {
+                    (self.reason, self.message) = (reason.into(), message);
+                }
+            }
+            None => {
+                self.good_streak += 1;
+                self.bad_streak = 0;
+                if !self.status && self.good_streak >= TRUE_AFTER {
+                    (self.status, self.reason, self.message) =
+                        (true, healthy_reason.into(), String::new());
+                    return true;
+                }
+            }
+        }
+        false
+    }
+}
+
+/// The three conditions of one pod.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Conditions {
+    pub event_loop: Condition,
+    pub dns: Condition,
+    pub connections: Condition,
+}
+
+impl Default for Conditions {
+    fn default() -> Self {
+        Conditions {
+            event_loop: Condition::new("EventLoopResponsive", "Responsive"),
+            dns: Condition::new("DNSHealthy", "Healthy"),
+            connections: Condition::new("ConnectionsReused", "Reused"),
+        }
+    }
+}
+
+impl Conditions {
+    /// Evaluates one window; returns the types whose status flipped.
+    pub fn evaluate(&mut self, w: &Window, t: &Thresholds) -> Vec<&'static str> {
+        let mut flipped = Vec::new();
+        if self.event_loop.update(event_loop(w, t), "Responsive") {
+            flipped.push(self.event_loop.type_);
+        }
+        if self.dns.update(dns(w, t), "Healthy") {
+            flipped.push(self.dns.type_);
+        }
+        if self.connections.update(connections(w, t), "Reused") {
+            flipped.push(self.connections.type_);
+        }
+        flipped
+    }
+
+    pub fn all(&self) -> [&Condition; 3] {
+        [&self.event_loop, &self.dns, &self.connections]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window(stalled: f64) -> Window {
+        Window {
+            stalled_seconds: stalled,
+            window_seconds: 10.0,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn one_slow_window_does_not_flap() {
+        let (mut c, t) = (Conditions::default(), Thresholds::default());
+        assert!(c.evaluate(&window(3.0), &t).is_empty());
+        assert!(c.evaluate(&window(0.0), &t).is_empty());
+        assert!(c.event_loop.status);
+    }
+
+    #[test]
+    fn three_bad_windows_turn_false_five_good_turn_true() {
+        let (mut c, t) = (Conditions::default(), Thresholds::default());
+        c.evaluate(&window(2.0), &t);
+        c.evaluate(&window(2.0), &t);
+        assert_eq!(c.evaluate(&window(2.0), &t), ["EventLoopResponsive"]);
+        assert_eq!(
+            (c.event_loop.status, c.event_loop.reason.as_str()),
+            (false, "LoopStalled")
+        );
+        assert!(
+            c.event_loop.message.contains("stalled 20%"),
+            "{}",
+            c.event_loop.message
+        );
+        for _ in 0..4 {
+            assert!(c.evaluate(&window(0.0), &t).is_empty());
+        }
+        assert_eq!(c.evaluate(&window(0.0), &t), ["EventLoopResponsive"]);
+        assert!(c.event_loop.status);
+    }
+
+    #[test]
+    fn dns_and_connection_reasons() {
+        let t = Thresholds::default();
+        let amplified = Window {
+            dns_queries_per_lookup: Some(8.0),
+            window_seconds: 10.0,
+            ..Default::default()
+        };
+        assert_eq!(dns(&amplified, &t).unwrap().0, "SearchAmplification");
+        assert!(dns(&amplified, &t).unwrap().1.contains("ndots: 2"));
+        let timeouts = Window {
+            dns_timeouts: 2,
+            ..amplified.clone()
+        };
+        assert_eq!(dns(&timeouts, &t).unwrap().0, "Timeouts");
+        let churn = Window {
+            outbound_opened: 50,
+            outbound_median_lifetime_seconds: Some(0.02),
+            window_seconds: 10.0,
+            ..Default::default()
+        };
+        assert_eq!(connections(&churn, &t).unwrap().0, "OutboundChurn");
+        let pooled = Window {
+            outbound_median_lifetime_seconds: Some(120.0),
+            ..churn
+        };
+        assert!(
+            connections(&pooled, &t).is_none(),
+            "many long-lived connections are not churn"
+        );
+    }
+}
