@@ -43,13 +43,25 @@ impl KedaCrd {
         std::fs::write(&path, KEDA_CRD).unwrap();
         let (ok, out, err) = cluster.kubectl(&["apply", "-f", &path.to_string_lossy()]);
         assert!(ok, "{out}{err}");
-        let (ok, out, err) = cluster.kubectl(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=30s",
-            "crd/scaledobjects.keda.sh",
-        ]);
-        assert!(ok, "{out}{err}");
+        // Polled: `kubectl wait` fails at once while the new CRD has no conditions yet.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while cluster
+            .kubectl(&[
+                "get",
+                "crd/scaledobjects.keda.sh",
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Established\")].status}",
+            ])
+            .1
+            .trim()
+            != "True"
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the stand-in KEDA CRD was not established"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
         KedaCrd(cluster)
     }
 }

@@ -191,13 +191,24 @@ pub fn install_crds(cluster: &Cluster) {
             &crds.to_string_lossy(),
         ]);
         assert!(ok, "kubectl apply -f crds/ failed: {out}{err}");
-        let (ok, out, err) = cluster.kubectl(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=30s",
-            "crd/apiworkloads.apiworkload.io",
-        ]);
-        assert!(ok, "CRD not established: {out}{err}");
+        // Polled: `kubectl wait` fails at once while the new CRD has no conditions yet.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, out, _) = cluster.kubectl(&[
+                "get",
+                "crd/apiworkloads.apiworkload.io",
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Established\")].status}",
+            ]);
+            if out.trim() == "True" {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "CRD not established after 30 s: {out}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     });
 }
 
