@@ -24,11 +24,7 @@ struct Operator {
 
 impl Operator {
     fn start(cluster: &Cluster, identity: &str, leader_elect: bool, lease_ns: &str) -> Operator {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = apiworkload_e2e::free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_apiworkload-operator"))
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(leader_elect.then_some("--leader-elect"))

@@ -401,17 +401,7 @@ async fn removing_a_setting_removes_it_from_the_deployment() {
     create_workload(&client, &ns.name, "api", spec).await;
     let policy = |want: &'static str| {
         move |d: &k8s_openapi::api::apps::v1::Deployment| {
-            d.spec
-                .as_ref()
-                .unwrap()
-                .template
-                .spec
-                .as_ref()
-                .unwrap()
-                .containers[0]
-                .image_pull_policy
-                .as_deref()
-                == Some(want)
+            app_container(d).image_pull_policy.as_deref() == Some(want)
         }
     };
     wait_deployment(

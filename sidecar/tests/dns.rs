@@ -9,10 +9,13 @@ use std::{
     time::Duration,
 };
 
+mod support;
+
 use apiworkload_sidecar::{
     dns::{Mode, Rcode, lookup},
     resolv::parse,
 };
+use support::Sidecar;
 use tokio::net::UdpSocket;
 
 /// dnsmasq serving `api.example.test` (A only) and empty `cluster.local` / `example.test`
@@ -234,23 +237,13 @@ async fn the_sidecar_binary_exports_lookups_and_the_ndots_tax() {
         format!("{SEARCH}nameserver 127.0.0.1\noptions ndots:5 timeout:2 attempts:1\n"),
     )
     .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_apiworkload-sidecar"))
-        .args([
-            &format!("--listen=127.0.0.1:{port}"),
-            "--dns-probe=api.example.test",
-            "--dns-interval=200ms",
-            &format!("--dns-port={}", server.addr.port()),
-            &format!("--resolv-conf={}", resolv.display()),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let sidecar = Sidecar::start(&[
+        "--dns-probe=api.example.test".into(),
+        "--dns-interval=200ms".into(),
+        format!("--dns-port={}", server.addr.port()),
+        format!("--resolv-conf={}", resolv.display()),
+    ]);
+    let port = sidecar.addr.port();
     let metric = |text: &str, series: &str| -> f64 {
         text.lines()
             .find(|l| l.starts_with(series))
@@ -269,8 +262,7 @@ async fn the_sidecar_binary_exports_lookups_and_the_ndots_tax() {
             break;
         }
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(sidecar);
     let lookups = metric(
         &text,
         r#"apiworkload_sidecar_dns_lookups_total{target="api.example.test",mode="as_app",result="ok"}"#,

@@ -8,8 +8,11 @@ use std::{
     time::Duration,
 };
 
+mod support;
+
 use apiworkload_e2e::{PythonServer, http_get_blocking};
 use apiworkload_sidecar::canary::{self, CanaryConfig, Observations};
+use support::Sidecar;
 
 fn canary_for(server: &PythonServer, connections: usize) -> Arc<Mutex<Observations>> {
     canary::start(CanaryConfig {
@@ -114,23 +117,12 @@ async fn the_sidecar_binary_exports_stalled_seconds() {
     let server = tokio::task::spawn_blocking(PythonServer::uvicorn)
         .await
         .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut sidecar = std::process::Command::new(env!("CARGO_BIN_EXE_apiworkload-sidecar"))
-        .args([
-            format!("--listen=127.0.0.1:{port}"),
-            format!("--app-port={}", server.addr.port()),
-            "--workers=1".into(),
-            "--resolv-conf=/dev/null".into(),
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let metrics_addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let sidecar = Sidecar::start(&[
+        format!("--app-port={}", server.addr.port()),
+        "--workers=1".into(),
+        "--resolv-conf=/dev/null".into(),
+    ]);
+    let metrics_addr = sidecar.addr;
     let stalled = |text: &str| -> f64 {
         text.lines()
             .find(|l| {
@@ -160,8 +152,7 @@ async fn the_sidecar_binary_exports_stalled_seconds() {
             break;
         }
     }
-    let _ = sidecar.kill();
-    let _ = sidecar.wait();
+    drop(sidecar);
     assert_eq!(
         before.map(|t| stalled(&t)),
         Some(0.0),
@@ -182,23 +173,12 @@ async fn event_loop_condition_turns_false_during_a_long_stall_and_recovers() {
     let server = tokio::task::spawn_blocking(PythonServer::uvicorn)
         .await
         .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut sidecar = std::process::Command::new(env!("CARGO_BIN_EXE_apiworkload-sidecar"))
-        .args([
-            format!("--listen=127.0.0.1:{port}"),
-            format!("--app-port={}", server.addr.port()),
-            "--window=1s".into(),
-            "--resolv-conf=/dev/null".into(),
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let report_addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let sidecar = Sidecar::start(&[
+        format!("--app-port={}", server.addr.port()),
+        "--window=1s".into(),
+        "--resolv-conf=/dev/null".into(),
+    ]);
+    let report_addr = sidecar.addr;
     let event_loop = move || -> Option<(bool, String)> {
         let text = http_get_blocking(report_addr, "/report")?;
         let body: serde_json::Value = serde_json::from_str(text.split("\r\n\r\n").nth(1)?).ok()?;
@@ -227,8 +207,7 @@ async fn event_loop_condition_turns_false_during_a_long_stall_and_recovers() {
             break;
         }
     }
-    let _ = sidecar.kill();
-    let _ = sidecar.wait();
+    drop(sidecar);
     assert_eq!(healthy, Some((true, "Responsive".to_string())));
     assert_eq!(
         during,

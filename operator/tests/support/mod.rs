@@ -126,8 +126,9 @@ pub fn condition<'a>(
         .find(|c| c.type_ == type_)
 }
 
-pub fn app_command(d: &Deployment) -> Vec<String> {
-    d.spec
+/// The Deployment's application container.
+pub fn app_container(d: &Deployment) -> &k8s_openapi::api::core::v1::Container {
+    &d.spec
         .as_ref()
         .unwrap()
         .template
@@ -135,9 +136,10 @@ pub fn app_command(d: &Deployment) -> Vec<String> {
         .as_ref()
         .unwrap()
         .containers[0]
-        .command
-        .clone()
-        .unwrap()
+}
+
+pub fn app_command(d: &Deployment) -> Vec<String> {
+    app_container(d).command.clone().unwrap()
 }
 
 pub fn flag(command: &[String], name: &str) -> Option<String> {

@@ -148,6 +148,15 @@ impl Drop for TestNamespace {
     }
 }
 
+/// A loopback TCP port free right now (the OS picks it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A short suffix unique within this machine for the test run.
 pub fn unique_suffix() -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
@@ -277,11 +286,7 @@ impl PythonServer {
     /// Runs `tool` (e.g. `uvicorn`) from the venv in tests/apps with `args`, where `{port}`
     /// is replaced by a free loopback port; waits until GET /healthz answers.
     pub fn start(tool: &str, args: &[&str]) -> PythonServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let args: Vec<String> = args
             .iter()
             .map(|a| a.replace("{port}", &port.to_string()))
