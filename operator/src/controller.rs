@@ -12,8 +12,11 @@ use std::{
 use futures::StreamExt;
 use k8s_openapi::{
     api::{
-        apps::v1::Deployment, autoscaling::v2::HorizontalPodAutoscaler, core::v1::Pod,
-        core::v1::Service, policy::v1::PodDisruptionBudget,
+        apps::v1::Deployment,
+        autoscaling::v2::HorizontalPodAutoscaler,
+        core::v1::{Pod, Service, ServiceAccount},
+        policy::v1::PodDisruptionBudget,
+        rbac::v1::RoleBinding,
     },
     apimachinery::pkg::apis::meta::v1::Time,
     jiff::Timestamp,
@@ -209,8 +212,26 @@ async fn apply_children(
         Autoscaler::Hpa(h) => Some(h.as_ref()),
         _ => None,
     };
-    // Service first: endpoints exist by the time pods turn ready.
+    // The pods' ServiceAccount before the Deployment, or the first pods are refused.
+    let (account, binding) = rendered.identity.as_ref().map(|(a, b)| (a, b)).unzip();
     let mut wrote = sync_child(
+        &Api::<ServiceAccount>::namespaced(client.clone(), &ns),
+        aw,
+        "ServiceAccount",
+        account,
+        ctx,
+    )
+    .await?;
+    wrote |= sync_child(
+        &Api::<RoleBinding>::namespaced(client.clone(), &ns),
+        aw,
+        "RoleBinding",
+        binding,
+        ctx,
+    )
+    .await?;
+    // Service next: endpoints exist by the time pods turn ready.
+    wrote |= sync_child(
         &Api::<Service>::namespaced(client.clone(), &ns),
         aw,
         "Service",

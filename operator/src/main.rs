@@ -41,6 +41,14 @@ struct Args {
         default_value = "http://prometheus-operated.monitoring.svc:9090"
     )]
     prometheus_address: String,
+    /// ClusterRole bound to each workload's ServiceAccount so its sidecar can write pod
+    /// conditions (installed by the chart).
+    #[arg(
+        long,
+        env = "APIW_SIDECAR_CLUSTER_ROLE",
+        default_value = "apiworkload-sidecar"
+    )]
+    sidecar_cluster_role: String,
     /// Address of /metrics, /healthz and /readyz.
     #[arg(long, env = "APIW_LISTEN", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
@@ -125,6 +133,7 @@ async fn main() -> anyhow::Result<()> {
     let render = RenderContext {
         sidecar_image: args.sidecar_image,
         prometheus_address: args.prometheus_address,
+        sidecar_cluster_role: args.sidecar_cluster_role,
         keda_available: false,
     };
     let ctx = Context::new(client.clone(), metrics.clone(), render);

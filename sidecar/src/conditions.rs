@@ -24,6 +24,12 @@ pub struct Window {
     pub outbound_opened: u64,
     /// Median lifetime of outbound connections that ended in the window.
     pub outbound_median_lifetime_seconds: Option<f64>,
+    /// Inbound connections the server closed after they sat open (keep-alive closes).
+    pub inbound_idle_closes: u64,
+    /// Longest accept queue of the app's listening socket seen in the window.
+    pub accept_queue_max: u32,
+    /// Most CLOSE_WAIT sockets of the app seen at once in the window.
+    pub close_wait_max: u32,
 }
 
 /// Raw measurements accumulated by the watchers between two evaluations.
@@ -39,6 +45,9 @@ pub struct WindowAccumulator {
     pub dns_timeouts: u64,
     pub outbound_opened: u64,
     pub outbound_lifetimes: Vec<f64>,
+    pub inbound_idle_closes: u64,
+    pub accept_queue_max: u32,
+    pub close_wait_max: u32,
 }
 
 impl WindowAccumulator {
@@ -60,6 +69,9 @@ impl WindowAccumulator {
             dns_timeouts: self.dns_timeouts,
             outbound_opened: self.outbound_opened,
             outbound_median_lifetime_seconds: lifetimes.get(lifetimes.len() / 2).copied(),
+            inbound_idle_closes: self.inbound_idle_closes,
+            accept_queue_max: self.accept_queue_max,
+            close_wait_max: self.close_wait_max,
         }
     }
 }
@@ -76,6 +88,12 @@ pub struct Thresholds {
     pub outbound_per_second: f64,
     /// …when they also live shorter than this.
     pub outbound_short_lifetime_seconds: f64,
+    /// Server-side keep-alive closes per second that count as churn.
+    pub keep_alive_closes_per_second: f64,
+    /// Connections waiting to be accepted: every worker is busy or stalled.
+    pub accept_queue: u32,
+    /// CLOSE_WAIT sockets at once: the app does not close connections its peers closed.
+    pub close_wait: u32,
 }
 
 impl Default for Thresholds {
@@ -86,6 +104,9 @@ impl Default for Thresholds {
             dns_slow_seconds: 0.5,
             outbound_per_second: 1.0,
             outbound_short_lifetime_seconds: 1.0,
+            keep_alive_closes_per_second: 0.05,
+            accept_queue: 3,
+            close_wait: 10,
         }
     }
 }
@@ -99,10 +120,20 @@ fn event_loop(w: &Window, t: &Thresholds) -> Verdict {
     } else {
         0.0
     };
-    (fraction > t.stalled_fraction).then(|| {
-        ("LoopStalled", format!(
-            "the event loop was stalled {:.0}% of the last {:.0}s: CPU-bound work or a blocking call in an async handler? Move it to a thread pool or a worker process",
-            fraction * 100.0, w.window_seconds
+    if fraction > t.stalled_fraction {
+        return Some((
+            "LoopStalled",
+            format!(
+                "the event loop was stalled {:.0}% of the last {:.0}s: CPU-bound work or a blocking call in an async handler? Move it to a thread pool or a worker process",
+                fraction * 100.0,
+                w.window_seconds
+            ),
+        ));
+    }
+    (w.accept_queue_max >= t.accept_queue).then(|| {
+        ("AcceptBacklog", format!(
+            "{} connections waited in the accept queue: every worker was busy or stalled; add workers or replicas, or find what blocks them",
+            w.accept_queue_max
         ))
     })
 }
@@ -147,12 +178,47 @@ fn connections(w: &Window, t: &Thresholds) -> Verdict {
     let short = w
         .outbound_median_lifetime_seconds
         .is_some_and(|l| l < t.outbound_short_lifetime_seconds);
-    (rate > t.outbound_per_second && short).then(|| {
-        ("OutboundChurn", format!(
-            "{rate:.1} new outbound connections/s living {:.0} ms on median: an HTTP client created per request? Share one pooled client (httpx.AsyncClient, requests.Session)",
-            w.outbound_median_lifetime_seconds.unwrap_or(0.0) * 1000.0
+    if rate > t.outbound_per_second && short {
+        return Some((
+            "OutboundChurn",
+            format!(
+                "{rate:.1} new outbound connections/s living {:.0} ms on median: an HTTP client created per request? Share one pooled client (httpx.AsyncClient, requests.Session)",
+                w.outbound_median_lifetime_seconds.unwrap_or(0.0) * 1000.0
+            ),
+        ));
+    }
+    let idle_closes = if w.window_seconds > 0.0 {
+        w.inbound_idle_closes as f64 / w.window_seconds
+    } else {
+        0.0
+    };
+    if idle_closes > t.keep_alive_closes_per_second {
+        return Some((
+            "KeepAliveChurn",
+            format!(
+                "the server closed {} idle client connections in {:.0}s that the client kept for reuse: behind a load balancer each is a possible 502; make the server's keep-alive longer than the balancer's idle timeout (spec.upstream)",
+                w.inbound_idle_closes, w.window_seconds
+            ),
+        ));
+    }
+    (w.close_wait_max >= t.close_wait).then(|| {
+        ("CloseWaitLeak", format!(
+            "{} connections in CLOSE_WAIT: the peer closed them and the app never did; a response or client not closed (use `async with`)?",
+            w.close_wait_max
         ))
     })
+}
+
+/// Kubernetes' timestamp format (RFC 3339, whole seconds, UTC).
+fn rfc3339<S: serde::Serializer>(t: &std::time::SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_time(*t))
+}
+
+/// `2026-11-23T10:00:00Z`: what the API server stores for a condition's times.
+pub fn format_time(t: std::time::SystemTime) -> String {
+    k8s_openapi::jiff::Timestamp::try_from(t)
+        .map(|ts| ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
 }
 
 /// One condition's state.
@@ -163,6 +229,9 @@ pub struct Condition {
     pub status: bool,
     pub reason: String,
     pub message: String,
+    /// When the status last flipped (the sidecar's start for the first report).
+    #[serde(rename = "lastTransitionTime", serialize_with = "rfc3339")]
+    pub last_transition: std::time::SystemTime,
     #[serde(skip)]
     bad_streak: u32,
     #[serde(skip)]
@@ -176,6 +245,7 @@ impl Condition {
             status: true,
             reason: healthy_reason.into(),
             message: String::new(),
+            last_transition: std::time::SystemTime::now(),
             bad_streak: 0,
             good_streak: 0,
         }
@@ -189,6 +259,7 @@ impl Condition {
                 self.good_streak = 0;
                 if self.status && self.bad_streak >= FALSE_AFTER {
                     (self.status, self.reason, self.message) = (false, reason.into(), message);
+                    self.last_transition = std::time::SystemTime::now();
                     return true;
                 }
                 if !self.status {
@@ -201,6 +272,7 @@ impl Condition {
                 if !self.status && self.good_streak >= TRUE_AFTER {
                     (self.status, self.reason, self.message) =
                         (true, healthy_reason.into(), String::new());
+                    self.last_transition = std::time::SystemTime::now();
                     return true;
                 }
             }
@@ -320,5 +392,21 @@ mod tests {
             connections(&pooled, &t).is_none(),
             "many long-lived connections are not churn"
         );
+        let keep_alive = Window {
+            inbound_idle_closes: 4,
+            ..pooled.clone()
+        };
+        assert_eq!(connections(&keep_alive, &t).unwrap().0, "KeepAliveChurn");
+        let leak = Window {
+            close_wait_max: 12,
+            ..pooled
+        };
+        assert_eq!(connections(&leak, &t).unwrap().0, "CloseWaitLeak");
+        let backlog = Window {
+            accept_queue_max: 5,
+            window_seconds: 10.0,
+            ..Default::default()
+        };
+        assert_eq!(event_loop(&backlog, &t).unwrap().0, "AcceptBacklog");
     }
 }

@@ -14,6 +14,10 @@ pub struct Config {
     /// Address of /metrics, /healthz and /report.
     #[arg(long, env = "APIW_LISTEN", default_value = "0.0.0.0:9901")]
     pub listen: SocketAddr,
+    /// UID the app runs as: only its sockets count (the operator renders 10001). Without
+    /// it, every socket but the sidecar's own counts.
+    #[arg(long, env = "APIW_APP_UID")]
+    pub app_uid: Option<u32>,
     /// Cheap endpoint for canary requests.
     #[arg(long, env = "APIW_PROBE_PATH", default_value = "/healthz")]
     pub probe_path: String,
@@ -46,6 +50,15 @@ pub struct Config {
     /// The pod's resolver configuration (tests point it elsewhere).
     #[arg(long, env = "APIW_RESOLV_CONF", default_value = "/etc/resolv.conf")]
     pub resolv_conf: PathBuf,
+    /// The pod the conditions are written on (the operator sets it from the downward API).
+    /// Without it, or without credentials, the sidecar only measures and serves.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub pod_namespace: Option<String>,
+    /// Conditions are written on every change and refreshed this often otherwise.
+    #[arg(long, env = "APIW_CONDITIONS_HEARTBEAT", default_value = "5m", value_parser = parse_duration)]
+    pub conditions_heartbeat: std::time::Duration,
     /// Root of /proc (tests point it elsewhere).
     #[arg(long, env = "APIW_PROC_ROOT", default_value = "/proc")]
     pub proc_root: PathBuf,
@@ -79,6 +92,7 @@ mod tests {
             "--workers=5",
             "--stall-threshold=100ms",
             "--upstream-idle=1m15s",
+            "--app-uid=10001",
             "--dns-probe=api.example.com",
             "--dns-probe=db.internal",
         ])

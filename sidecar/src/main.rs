@@ -1,7 +1,8 @@
 //! `apiworkload-sidecar`: serves /healthz, /metrics and /report for the pod it runs in.
 //!
-//! This build probes DNS as the app would (search-list walk, per-query timing) for the
-//! configured names. Socket diagnostics and canary stall detection are not wired in yet.
+//! Watchers (DNS probes, canary requests, socket-table samples) feed one evaluation
+//! window; every window turns into condition verdicts, which are served on /report and
+//! /metrics and, with the pod's credentials, written on the pod's status.
 
 use std::sync::{Arc, Mutex};
 
@@ -11,13 +12,14 @@ use apiworkload_sidecar::{
     conditions::{Conditions, Thresholds, WindowAccumulator as Window},
     config::Config,
     dns::{self, Lookup, Mode},
+    podstatus::{PodStatusWriter, WritePolicy},
     procnet,
     report::{self, Metrics},
     resolv, sockets,
 };
 use axum::{Json, Router, extract::State, response::IntoResponse, routing::get};
 use clap::Parser;
-use tracing::info;
+use tracing::{info, warn};
 
 #[derive(Clone)]
 struct AppState {
@@ -129,13 +131,22 @@ async fn watch_event_loop(config: Config, metrics: Arc<Metrics>, window: Arc<Mut
     }
 }
 
-/// Samples the pod's socket table every second: outbound connections of the app (not
-/// the sidecar's own, told apart by UID; not inbound to the app's port).
+/// Samples the pod's socket table every second: the app's outbound connections, the
+/// server side of its inbound ones and its listening socket, plus the namespace's
+/// kernel counters. Sockets of other UIDs (the sidecar's own, other sidecars') are left
+/// out.
 async fn watch_connections(config: Config, metrics: Arc<Metrics>, window: Arc<Mutex<Window>>) {
     use std::os::unix::fs::MetadataExt;
     let own_uid = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
-    let mut tracker = sockets::OutboundTracker::default();
+    let is_app = |uid: u32| match config.app_uid {
+        Some(app) => uid == app,
+        None => Some(uid) != own_uid,
+    };
+    let port = config.app_port;
+    let mut outbound = sockets::OutboundTracker::default();
+    let mut inbound = sockets::InboundTracker::default();
     let mut seen = (0, 0);
+    let mut counters: Option<std::collections::BTreeMap<String, u64>> = None;
     let mut ticker = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut first = true;
     loop {
@@ -145,31 +156,52 @@ async fn watch_connections(config: Config, metrics: Arc<Metrics>, window: Arc<Mu
             .filter_map(|f| std::fs::read_to_string(config.proc_root.join(f)).ok())
             .filter_map(|text| procnet::parse_tcp(&text).ok())
             .flatten()
-            .filter(|r| {
-                Some(r.uid) != own_uid
-                    && r.local.port() != config.app_port
-                    && r.remote.port() != config.app_port
-            })
+            // TIME_WAIT rows belong to no process (the kernel shows UID 0): kept whatever
+            // their UID, or no closed connection would ever count.
+            .filter(|r| r.state == procnet::TcpState::TimeWait || is_app(r.uid))
+            .collect();
+        let (to_app, from_app): (Vec<_>, Vec<_>) =
+            rows.into_iter().partition(|r| r.local.port() == port);
+        let from_app: Vec<_> = from_app
+            .into_iter()
+            .filter(|r| r.remote.port() != port)
             .collect();
         let now = std::time::Instant::now();
         if std::mem::take(&mut first) {
-            tracker.baseline(&rows, now);
+            outbound.baseline(&from_app, now);
+            inbound.baseline(&to_app, now);
         } else {
-            tracker.observe(&rows, now);
+            outbound.observe(&from_app, now);
         }
-        let opened = tracker.opened.saturating_sub(seen.0);
+        let sample = inbound.observe(&to_app, now);
+        let counts = inbound.take_counts();
+        let opened = outbound.opened.saturating_sub(seen.0);
         if let Ok(mut w) = window.lock() {
             w.outbound_opened += opened;
             w.outbound_lifetimes
-                .extend(tracker.lifetimes.iter().copied());
+                .extend(outbound.lifetimes.iter().copied());
+            w.inbound_idle_closes += counts.closed_idle_by_server;
+            w.accept_queue_max = w.accept_queue_max.max(sample.accept_queue);
+            w.close_wait_max = w.close_wait_max.max(sample.close_wait);
         }
-        metrics.record_outbound(&mut tracker, &mut seen);
+        metrics.record_outbound(&mut outbound, &mut seen);
+        metrics.record_inbound(counts, &sample);
+        let mut current = std::collections::BTreeMap::new();
+        for file in ["net/snmp", "net/netstat"] {
+            if let Ok(text) = std::fs::read_to_string(config.proc_root.join(file)) {
+                current.extend(procnet::parse_counters(&text));
+            }
+        }
+        metrics.record_netns(&current, counters.as_ref());
+        counters = Some(current);
     }
 }
 
-/// Every `--window`: turns what was measured into condition verdicts (with hysteresis).
-async fn evaluate_conditions(config: Config, state: AppState) {
+/// Every `--window`: turns what was measured into condition verdicts (with hysteresis)
+/// and publishes them on the pod when due.
+async fn evaluate_conditions(config: Config, state: AppState, writer: Option<PodStatusWriter>) {
     let thresholds = Thresholds::default();
+    let mut policy = WritePolicy::new(config.conditions_heartbeat);
     let mut ticker = tokio::time::interval(config.window);
     ticker.tick().await;
     loop {
@@ -179,20 +211,34 @@ async fn evaluate_conditions(config: Config, state: AppState) {
         };
         acc.window_seconds = config.window.as_secs_f64();
         let window = acc.finish(config.stall_threshold.as_secs_f64());
-        let Ok(mut conditions) = state.conditions.lock() else {
-            return;
+        let snapshot = {
+            let Ok(mut conditions) = state.conditions.lock() else {
+                return;
+            };
+            for flipped in conditions.evaluate(&window, &thresholds) {
+                if let Some(c) = conditions.all().into_iter().find(|c| c.type_ == flipped) {
+                    info!(condition = c.type_, status = c.status, reason = %c.reason, message = %c.message, "condition changed");
+                }
+            }
+            state.metrics.record_conditions(&conditions);
+            conditions.clone()
         };
-        for flipped in conditions.evaluate(&window, &thresholds) {
-            let c = conditions
-                .all()
-                .into_iter()
-                .find(|c| c.type_ == flipped)
-                .cloned();
-            if let Some(c) = c {
-                info!(condition = c.type_, status = c.status, reason = %c.reason, message = %c.message, "condition changed");
+        let now = std::time::Instant::now();
+        if let Some(writer) = &writer
+            && policy.due(&snapshot, now)
+        {
+            // A failed write is retried next window; measuring never waits on the API.
+            match writer.write(&snapshot).await {
+                Ok(()) => {
+                    policy.wrote(&snapshot, now);
+                    state.metrics.count_condition_write(true);
+                }
+                Err(e) => {
+                    warn!(error = %e, "could not write the pod's conditions");
+                    state.metrics.count_condition_write(false);
+                }
             }
         }
-        state.metrics.record_conditions(&conditions);
     }
 }
 
@@ -228,7 +274,12 @@ async fn main() -> anyhow::Result<()> {
         state.metrics.clone(),
         state.window.clone(),
     ));
-    tokio::spawn(evaluate_conditions(config.clone(), state.clone()));
+    let writer = PodStatusWriter::from_environment(
+        config.pod_name.as_deref(),
+        config.pod_namespace.as_deref(),
+    )
+    .await;
+    tokio::spawn(evaluate_conditions(config.clone(), state.clone(), writer));
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))

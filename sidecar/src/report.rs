@@ -18,7 +18,7 @@ use crate::{
     conditions::Conditions,
     dns::{Lookup, Mode, Rcode},
     resolv::{ResolvConf, candidates},
-    sockets::OutboundTracker,
+    sockets::{InboundCounts, InboundSample, OutboundTracker},
 };
 
 /// What the resolver configuration alone says about one probed name.
@@ -99,6 +99,42 @@ pub struct Metrics {
     outbound_closed_locally: Counter,
     outbound_duration: Histogram,
     condition: Family<ConditionLabels, Gauge>,
+    condition_writes: Family<ResultLabels, Counter>,
+    inbound_opened: Counter,
+    inbound_closed: Family<CloserLabels, Counter>,
+    listen_queue: Gauge,
+    listen_queue_max: Gauge,
+    inbound_unread: Gauge,
+    inbound_unread_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    close_wait: Gauge,
+    netns: Family<CounterNameLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CloserLabels {
+    closer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CounterNameLabels {
+    counter: String,
+}
+
+/// Namespace-wide kernel counters mirrored as `netns_tcp_total{counter}`: exact, they miss
+/// no connection however short, but include every container of the pod (the sidecar,
+/// probes and scrapes too).
+pub const NETNS_COUNTERS: [&str; 6] = [
+    "Tcp.ActiveOpens",
+    "Tcp.PassiveOpens",
+    "Tcp.AttemptFails",
+    "Tcp.EstabResets",
+    "TcpExt.ListenOverflows",
+    "TcpExt.ListenDrops",
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -231,8 +267,72 @@ impl Metrics {
             "1 for each condition's current status",
             condition.clone(),
         );
+        let condition_writes = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "condition_writes",
+            "Patches of the pod's conditions (result=error: refused or unreachable API server)",
+            condition_writes.clone(),
+        );
+        let inbound_opened = Counter::default();
+        registry.register(
+            "tcp_inbound_connections_opened",
+            "Connections accepted on the app's port",
+            inbound_opened.clone(),
+        );
+        let inbound_closed = Family::<CloserLabels, Counter>::default();
+        registry.register(
+            "tcp_inbound_connections_closed",
+            "Inbound connections by who closed them: server_idle (the server's keep-alive timed out on a connection the client kept; a 502 risk behind a load balancer), server, client",
+            inbound_closed.clone(),
+        );
+        let listen_queue = Gauge::default();
+        registry.register(
+            "listen_queue_length",
+            "Connections waiting in the app's accept queue",
+            listen_queue.clone(),
+        );
+        let listen_queue_max = Gauge::default();
+        registry.register(
+            "listen_queue_max",
+            "The accept queue's limit (the listen backlog)",
+            listen_queue_max.clone(),
+        );
+        let inbound_unread = Gauge::default();
+        registry.register(
+            "inbound_unread_connections",
+            "Established inbound connections holding request bytes the app has not read",
+            inbound_unread.clone(),
+        );
+        let inbound_unread_age = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register_with_unit(
+            "inbound_unread_max_age",
+            "How long the oldest unread request has waited, at least (a stall in progress when large)",
+            Unit::Seconds,
+            inbound_unread_age.clone(),
+        );
+        let close_wait = Gauge::default();
+        registry.register(
+            "tcp_close_wait_connections",
+            "The app's connections in CLOSE_WAIT (closed by the peer, not yet by the app)",
+            close_wait.clone(),
+        );
+        let netns = Family::<CounterNameLabels, Counter>::default();
+        registry.register(
+            "netns_tcp",
+            "Kernel TCP counters of the pod's network namespace (/proc/net/snmp, /proc/net/netstat; every container included)",
+            netns.clone(),
+        );
         Metrics {
+            inbound_opened,
+            inbound_closed,
+            listen_queue,
+            listen_queue_max,
+            inbound_unread,
+            inbound_unread_age,
+            close_wait,
+            netns,
             condition,
+            condition_writes,
             outbound_opened,
             outbound_closed_locally,
             outbound_duration,
@@ -323,6 +423,48 @@ impl Metrics {
         }
     }
 
+    /// Inbound events since the last call and the latest inbound sample.
+    pub fn record_inbound(&self, counts: InboundCounts, sample: &InboundSample) {
+        self.inbound_opened.inc_by(counts.opened);
+        for (closer, n) in [
+            ("server_idle", counts.closed_idle_by_server),
+            ("server", counts.closed_early_by_server),
+            ("client", counts.closed_by_client),
+        ] {
+            self.inbound_closed
+                .get_or_create(&CloserLabels {
+                    closer: closer.into(),
+                })
+                .inc_by(n);
+        }
+        self.listen_queue.set(i64::from(sample.accept_queue));
+        self.listen_queue_max
+            .set(i64::from(sample.accept_queue_max));
+        self.inbound_unread
+            .set(i64::from(sample.unread_connections));
+        self.inbound_unread_age.set(sample.unread_max_age_seconds);
+        self.close_wait.set(i64::from(sample.close_wait));
+    }
+
+    /// Moves kernel counters forward by what they grew since `previous` (None: first read,
+    /// which only sets the baseline).
+    pub fn record_netns(
+        &self,
+        current: &std::collections::BTreeMap<String, u64>,
+        previous: Option<&std::collections::BTreeMap<String, u64>>,
+    ) {
+        for name in NETNS_COUNTERS {
+            let counter = self.netns.get_or_create(&CounterNameLabels {
+                counter: name.into(),
+            });
+            if let (Some(now), Some(before)) =
+                (current.get(name), previous.and_then(|p| p.get(name)))
+            {
+                counter.inc_by(now.saturating_sub(*before));
+            }
+        }
+    }
+
     /// Mirrors the conditions as `condition{type,status}` 0/1 gauges (like NPD's).
     pub fn record_conditions(&self, conditions: &Conditions) {
         for c in conditions.all() {
@@ -336,6 +478,14 @@ impl Metrics {
                     .set(i64::from(on));
             }
         }
+    }
+
+    pub fn count_condition_write(&self, ok: bool) {
+        self.condition_writes
+            .get_or_create(&ResultLabels {
+                result: if ok { "ok" } else { "error" }.into(),
+            })
+            .inc();
     }
 
     /// OpenMetrics text.

@@ -1,10 +1,15 @@
-//! Outbound connection churn from successive socket samples.
+//! Connection reuse from successive socket samples.
 //!
-//! A pooled HTTP client keeps a few connections for many requests; a client created per
-//! request opens and closes one each time. Samples of the socket table (sock_diag or
-//! `/proc/net/tcp`) show each connection while it lives, and for about a minute after
-//! in TIME_WAIT on the side that closed it, so even connections that lived and died
-//! between two samples are counted.
+//! Outbound: a pooled HTTP client keeps a few connections for many requests; a client
+//! created per request opens and closes one each time. Samples of the socket table
+//! (sock_diag or `/proc/net/tcp`) show each connection while it lives, and for about a
+//! minute after in TIME_WAIT on the side that closed it, so even connections that lived
+//! and died between two samples are counted.
+//!
+//! Inbound: the server side of a connection is in TIME_WAIT when the server closed it.
+//! A connection the server closes after it sat open for a while is its keep-alive timing
+//! out on a client that meant to reuse it: behind a load balancer whose idle timeout is
+//! longer, the balancer's next request on it races the close and gets a 502.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -103,6 +108,146 @@ impl OutboundTracker {
     }
 }
 
+/// A server-closed connection counts as a keep-alive close when it was seen open in an
+/// earlier sample (1 s apart): one closed right after its response (`Connection: close`,
+/// kubelet probes) lives milliseconds and is almost never caught open. With 1 s samples
+/// a lifetime is known to ±1 s, so a bound any higher would miss 2 s keep-alives.
+pub const KEEP_ALIVE_MIN_LIFETIME_SECONDS: f64 = 0.5;
+
+/// What the app's listening socket and its accepted connections show in one sample.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct InboundSample {
+    /// Connections waiting in the accept queue (LISTEN row's rx_queue).
+    pub accept_queue: u32,
+    /// The listen backlog the kernel applies.
+    pub accept_queue_max: u32,
+    /// Established connections with request bytes the app has not read.
+    pub unread_connections: u32,
+    /// How long the oldest of them has had unread bytes, at least (sample resolution).
+    pub unread_max_age_seconds: f64,
+    pub close_wait: u32,
+}
+
+/// Inbound connection events counted since the last [`InboundTracker::take_counts`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct InboundCounts {
+    /// Connections first seen (accepted).
+    pub opened: u64,
+    /// Connections the server closed after living at least
+    /// [`KEEP_ALIVE_MIN_LIFETIME_SECONDS`]: keep-alive closes.
+    pub closed_idle_by_server: u64,
+    /// Connections the server closed younger than that.
+    pub closed_early_by_server: u64,
+    /// Connections the client closed.
+    pub closed_by_client: u64,
+}
+
+/// Tracks the server side of inbound connections on the app's port.
+#[derive(Debug, Default)]
+pub struct InboundTracker {
+    open: HashMap<ConnKey, Instant>,
+    /// Connections seen closing from the server's side (already counted).
+    closing: HashSet<ConnKey>,
+    unread_since: HashMap<ConnKey, Instant>,
+    counts: InboundCounts,
+}
+
+impl InboundTracker {
+    /// The counts since the last call.
+    pub fn take_counts(&mut self) -> InboundCounts {
+        std::mem::take(&mut self.counts)
+    }
+
+    /// Marks everything in `rows` as already known.
+    pub fn baseline(&mut self, rows: &[TcpRow], now: Instant) {
+        for row in rows {
+            match row.state {
+                TcpState::FinWait1
+                | TcpState::FinWait2
+                | TcpState::Closing
+                | TcpState::TimeWait => {
+                    self.closing.insert(key(row));
+                }
+                TcpState::Listen => {}
+                _ => {
+                    self.open.insert(key(row), now);
+                }
+            }
+        }
+    }
+
+    /// Folds in one sample of the rows whose local port is the app's.
+    ///
+    /// A server-side socket in FIN_WAIT1/2, CLOSING or TIME_WAIT is one the server closed
+    /// first. It does not always reach TIME_WAIT: a client that writes on it after the
+    /// server's FIN (the load balancer's 502 race) gets a reset, and it just vanishes.
+    pub fn observe(&mut self, rows: &[TcpRow], now: Instant) -> InboundSample {
+        let mut sample = InboundSample::default();
+        let mut present = HashSet::new();
+        let mut unread = HashSet::new();
+        for row in rows {
+            let k = key(row);
+            if row.state == TcpState::Listen {
+                sample.accept_queue += row.rx_queue;
+                sample.accept_queue_max = sample.accept_queue_max.max(row.tx_queue);
+                continue;
+            }
+            present.insert(k);
+            let server_closed = matches!(
+                row.state,
+                TcpState::FinWait1 | TcpState::FinWait2 | TcpState::Closing | TcpState::TimeWait
+            );
+            if server_closed {
+                if self.closing.insert(k) {
+                    match self.open.remove(&k) {
+                        Some(since)
+                            if now.duration_since(since).as_secs_f64()
+                                >= KEEP_ALIVE_MIN_LIFETIME_SECONDS =>
+                        {
+                            self.counts.closed_idle_by_server += 1
+                        }
+                        Some(_) => self.counts.closed_early_by_server += 1,
+                        // Accepted and closed between two samples.
+                        None => {
+                            self.counts.opened += 1;
+                            self.counts.closed_early_by_server += 1;
+                        }
+                    }
+                }
+                continue;
+            }
+            if !self.open.contains_key(&k) && !self.closing.contains(&k) {
+                self.counts.opened += 1;
+                self.open.insert(k, now);
+            }
+            if row.state == TcpState::CloseWait {
+                sample.close_wait += 1;
+            }
+            if row.state == TcpState::Established && row.rx_queue > 0 {
+                unread.insert(k);
+                let since = *self.unread_since.entry(k).or_insert(now);
+                sample.unread_connections += 1;
+                sample.unread_max_age_seconds = sample
+                    .unread_max_age_seconds
+                    .max(now.duration_since(since).as_secs_f64());
+            }
+        }
+        let gone: Vec<ConnKey> = self
+            .open
+            .keys()
+            .filter(|k| !present.contains(*k))
+            .copied()
+            .collect();
+        for k in gone {
+            self.open.remove(&k);
+            self.counts.closed_by_client += 1;
+        }
+        self.closing.retain(|k| present.contains(k));
+        self.unread_since.retain(|k, _| unread.contains(k));
+        sample
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,6 +300,83 @@ mod tests {
         assert_eq!((t.opened, t.closed_locally), (1, 0));
         t.observe(&[], t0);
         assert_eq!(t.lifetimes.len(), 1, "its end is recorded");
+    }
+
+    fn server_row(remote: u16, state: TcpState, rx_queue: u32) -> TcpRow {
+        TcpRow {
+            rx_queue,
+            ..row(8000, remote, state)
+        }
+    }
+
+    #[test]
+    fn server_closes_after_idle_are_keep_alive_churn_and_quick_closes_are_not() {
+        let t0 = Instant::now();
+        let at = |s: f64| t0 + std::time::Duration::from_secs_f64(s);
+        let mut t = InboundTracker::default();
+        t.observe(
+            &[
+                server_row(50001, TcpState::Established, 0),
+                server_row(50002, TcpState::Established, 0),
+            ],
+            at(0.0),
+        );
+        // 50001: closed by the server 2 s later (keep-alive); 50002: by the client;
+        // 50003: accepted and closed by the server between two samples (a probe).
+        let s = t.observe(
+            &[
+                server_row(50001, TcpState::FinWait2, 0),
+                server_row(50003, TcpState::TimeWait, 0),
+            ],
+            at(2.0),
+        );
+        // 50001 then vanishes without TIME_WAIT (the client wrote on it: a reset).
+        t.observe(&[server_row(50003, TcpState::TimeWait, 0)], at(3.0));
+        assert_eq!(s.close_wait, 0);
+        let c = t.take_counts();
+        assert_eq!(
+            (
+                c.opened,
+                c.closed_idle_by_server,
+                c.closed_early_by_server,
+                c.closed_by_client
+            ),
+            (3, 1, 1, 1)
+        );
+        assert_eq!(t.take_counts(), InboundCounts::default(), "taken once");
+    }
+
+    #[test]
+    fn accept_queue_and_unread_age() {
+        let t0 = Instant::now();
+        let at = |s: f64| t0 + std::time::Duration::from_secs_f64(s);
+        let mut t = InboundTracker::default();
+        let listen = TcpRow {
+            remote: ([0, 0, 0, 0], 0).into(),
+            tx_queue: 2048,
+            ..server_row(0, TcpState::Listen, 4)
+        };
+        let rows = [listen, server_row(50010, TcpState::Established, 120)];
+        let first = t.observe(&rows, at(0.0));
+        assert_eq!(
+            (
+                first.accept_queue,
+                first.accept_queue_max,
+                first.unread_connections
+            ),
+            (4, 2048, 1)
+        );
+        assert_eq!(first.unread_max_age_seconds, 0.0);
+        let later = t.observe(&rows, at(1.5));
+        assert_eq!(
+            later.unread_max_age_seconds, 1.5,
+            "unread for 1.5 s at least"
+        );
+        let read = t.observe(&[server_row(50010, TcpState::Established, 0)], at(2.0));
+        assert_eq!(
+            (read.unread_connections, read.unread_max_age_seconds),
+            (0, 0.0)
+        );
     }
 
     #[test]

@@ -1,15 +1,24 @@
 //! Outbound churn against real Python servers: an app that creates an HTTP client per
 //! call stands out (one connection per call, closed by the app) from one that shares a
 //! pooled client (one connection for every call). Sampled from /proc/net/tcp{,6}.
+//! Inbound: a server keep-alive shorter than the client's idle time is KeepAliveChurn.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::time::{Duration, Instant};
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
+    os::unix::fs::MetadataExt,
+    time::{Duration, Instant},
+};
+
+mod support;
 
 use apiworkload_e2e::{PythonServer, http_get_blocking};
 use apiworkload_sidecar::{
     procnet::{TcpRow, parse_tcp},
     sockets::OutboundTracker,
 };
+use support::Sidecar;
 
 /// Rows of connections from the app to `upstream_port`.
 fn outbound_rows(upstream_port: u16) -> Vec<TcpRow> {
@@ -70,4 +79,190 @@ async fn a_client_per_call_churns_and_a_shared_client_does_not() {
     let pooled = measure(&app, &upstream, 20, true).await;
     assert_eq!(pooled.opened, 1, "one pooled connection for 20 calls");
     assert_eq!(pooled.closed_locally, 0);
+}
+
+/// One request on `conn` (reconnecting first when the server closed it); returns whether
+/// it had to reconnect. Reads exactly one response (Content-Length framed).
+fn request_on(conn: &mut Option<TcpStream>, addr: std::net::SocketAddr) -> bool {
+    for attempt in 0..2 {
+        let reconnected = conn.is_none();
+        let stream = conn.get_or_insert_with(|| {
+            let s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s
+        });
+        if let Some(()) = exchange(stream) {
+            return reconnected || attempt > 0;
+        }
+        *conn = None; // closed by the server while idle: a new connection, as a pool would
+    }
+    panic!("the app did not answer on a fresh connection");
+}
+
+fn exchange(s: &mut TcpStream) -> Option<()> {
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: app\r\n\r\n")
+        .ok()?;
+    let mut reader = BufReader::new(s.try_clone().ok()?);
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().ok()?;
+        }
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).ok()
+}
+
+/// A load balancer's pool: `connections` kept for reuse and idle `idle` between
+/// requests, for `rounds` rounds. Returns how many times a connection had to be renewed.
+fn pooled_client_with_idle(
+    addr: std::net::SocketAddr,
+    connections: usize,
+    idle: Duration,
+    rounds: usize,
+) -> usize {
+    let mut pool: Vec<Option<TcpStream>> = (0..connections).map(|_| None).collect();
+    let mut renewed = 0;
+    let step = idle / connections as u32;
+    for _ in 0..rounds {
+        // Staggered, so the server's closes spread over time.
+        for conn in pool.iter_mut() {
+            renewed += usize::from(request_on(conn, addr));
+            std::thread::sleep(step);
+        }
+    }
+    // Held until the server's keep-alive has closed the last ones too (a pool would).
+    std::thread::sleep(idle);
+    renewed - connections
+}
+
+fn app_with_keep_alive(seconds: u32) -> PythonServer {
+    PythonServer::start(
+        "uvicorn",
+        &[
+            "app:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "{port}",
+            "--log-level",
+            "warning",
+            "--timeout-keep-alive",
+            &seconds.to_string(),
+        ],
+    )
+}
+
+/// Tests of the binary see every socket of this machine's namespace under one UID (a
+/// pod would show only its own): they take turns so one's traffic is not the other's.
+static BINARY_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn sidecar_for(app: &PythonServer) -> Sidecar {
+    // SAFETY of the UID: every process of the test runs as this user, like the app.
+    let uid = std::fs::metadata("/proc/self").unwrap().uid();
+    Sidecar::start(&[
+        format!("--app-port={}", app.addr.port()),
+        format!("--app-uid={uid}"),
+        "--window=2s".into(),
+        "--resolv-conf=/dev/null".into(),
+    ])
+}
+
+/// Server keep-alive 2 s behind a client that keeps idle connections 3 s (a load
+/// balancer's pool with a 60 s idle timeout): KeepAliveChurn. The same client against a
+/// keep-alive longer than its idle time: never a server close, not flagged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_shorter_than_the_clients_idle_time_is_keep_alive_churn() {
+    let _turn = BINARY_TESTS.lock().await;
+    let (short, long) =
+        tokio::task::spawn_blocking(|| (app_with_keep_alive(2), app_with_keep_alive(75)))
+            .await
+            .unwrap();
+    let (short_sidecar, long_sidecar) = (sidecar_for(&short), sidecar_for(&long));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (a, b) = (short.addr, long.addr);
+    // 3 rounds of 3 connections idle 4 s: about 12 s, 9 requests per app. The server's
+    // half-closed side (FIN_WAIT2) lasts the 2 s until the client reuses it: seen by
+    // 1 s samples.
+    let clients = tokio::task::spawn_blocking(move || {
+        let short =
+            std::thread::spawn(move || pooled_client_with_idle(a, 3, Duration::from_secs(4), 3));
+        let long = pooled_client_with_idle(b, 3, Duration::from_secs(4), 3);
+        (short.join().unwrap(), long)
+    });
+    let (renewed_short, renewed_long) = clients.await.unwrap();
+    // One more sample after the last close.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (short_report, long_report) = tokio::task::spawn_blocking(move || {
+        let closes = |s: &Sidecar| {
+            s.metric(
+                "apiworkload_sidecar_tcp_inbound_connections_closed_total{closer=\"server_idle\"}",
+            )
+        };
+        (
+            (
+                closes(&short_sidecar),
+                short_sidecar.condition("connections"),
+            ),
+            (closes(&long_sidecar), long_sidecar.condition("connections")),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        renewed_short, 6,
+        "the 2 s keep-alive closed every idle connection"
+    );
+    assert_eq!(renewed_long, 0, "a 75 s keep-alive kept every connection");
+    let (closes, condition) = short_report;
+    assert_eq!(
+        closes,
+        Some((renewed_short + 3) as f64),
+        "every connection the server closed after idle counted (the 3 last ones too), none more"
+    );
+    assert_eq!(condition, Some((false, "KeepAliveChurn".to_string())));
+    let (closes, condition) = long_report;
+    assert_eq!(closes, Some(0.0));
+    assert_eq!(condition, Some((true, "Reused".to_string())));
+}
+
+/// The real binary, sampling the socket table itself: an app calling an upstream with a
+/// client per call is OutboundChurn; the same app with its shared client is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sidecar_flags_a_client_per_call_and_not_a_shared_client() {
+    let _turn = BINARY_TESTS.lock().await;
+    let (upstream, app) =
+        tokio::task::spawn_blocking(|| (PythonServer::uvicorn(), PythonServer::uvicorn()))
+            .await
+            .unwrap();
+    let sidecar = sidecar_for(&app);
+    let (addr, port) = (app.addr, upstream.addr.port());
+    let mut verdicts = Vec::new();
+    for pooled in [false, true] {
+        // 10 s of 5 calls every 200 ms: 25 calls/s through the app.
+        tokio::task::spawn_blocking(move || {
+            let url = format!("/outbound?url=http://127.0.0.1:{port}/healthz&n=5&pooled={pooled}");
+            let end = std::time::Instant::now() + Duration::from_secs(10);
+            while std::time::Instant::now() < end {
+                assert!(
+                    http_get_blocking(addr, &url).is_some_and(|r| r.starts_with("HTTP/1.1 200"))
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+        .await
+        .unwrap();
+        verdicts.push(sidecar.condition("connections"));
+        // Let the verdict settle back (5 good windows) before the next phase.
+        tokio::time::sleep(Duration::from_secs(if pooled { 0 } else { 11 })).await;
+    }
+    assert_eq!(verdicts[0], Some((false, "OutboundChurn".to_string())));
+    assert_eq!(verdicts[1], Some((true, "Reused".to_string())));
 }

@@ -22,7 +22,11 @@ use k8s_openapi::{
     },
 };
 
-use super::{APP_CONTAINER, RenderContext, SIDECAR_CONTAINER, child_meta, labels, selector_labels};
+use kube::ResourceExt;
+
+use super::{
+    APP_CONTAINER, RenderContext, SIDECAR_CONTAINER, child_meta, identity, labels, selector_labels,
+};
 use crate::{api::ApiWorkload, plan::Plan};
 
 /// UIDs: the sidecar runs under a different UID from the app so its own sockets can be
@@ -214,6 +218,8 @@ pub fn sidecar_args(aw: &ApiWorkload, plan: &Plan) -> Vec<String> {
         format!("--workers={}", plan.sizing.workers),
         format!("--stall-threshold={}", spec.diagnostics.stall_threshold),
         format!("--upstream-idle={}", plan.budget.keep_alive),
+        // Only the app's sockets count (not the sidecar's, nor another sidecar's).
+        format!("--app-uid={APP_UID}"),
     ];
     args.extend(
         spec.dns
@@ -258,6 +264,8 @@ fn sidecar_container(aw: &ApiWorkload, plan: &Plan, ctx: &RenderContext) -> Cont
             claims: None,
         }),
         readiness_probe: Some(http_probe("/healthz", "diagnostics", 3, 10, 3)),
+        // Its own credentials (the app container has none): see render::identity.
+        volume_mounts: Some(vec![identity::token_mount()]),
         security_context: Some(restricted_security_context(SIDECAR_UID)),
         ..Default::default()
     }
@@ -281,6 +289,10 @@ pub fn deployment(
         ..Default::default()
     }];
     volumes.extend(spec.volumes.iter().cloned());
+    let diagnostics = spec.diagnostics.enabled;
+    if diagnostics {
+        volumes.push(identity::token_volume());
+    }
 
     let pod = PodSpec {
         containers: vec![app_container(aw, plan, command)],
@@ -289,6 +301,10 @@ pub fn deployment(
             .enabled
             .then(|| vec![sidecar_container(aw, plan, ctx)]),
         volumes: Some(volumes),
+        // With diagnostics the pods run as the workload's ServiceAccount, whose token is
+        // projected into the sidecar alone; the app container gets no API credentials.
+        service_account_name: diagnostics.then(|| aw.name_any()),
+        automount_service_account_token: diagnostics.then_some(false),
         termination_grace_period_seconds: Some(plan.budget.termination_grace_period.ceil_secs()),
         dns_config: Some(PodDNSConfig {
             options: Some(vec![PodDNSConfigOption {

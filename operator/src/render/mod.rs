@@ -4,14 +4,18 @@
 pub mod autoscaling;
 pub mod command;
 pub mod deployment;
+pub mod identity;
 pub mod service;
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::{
     api::{
-        apps::v1::Deployment, autoscaling::v2::HorizontalPodAutoscaler, core::v1::Service,
+        apps::v1::Deployment,
+        autoscaling::v2::HorizontalPodAutoscaler,
+        core::v1::{Service, ServiceAccount},
         policy::v1::PodDisruptionBudget,
+        rbac::v1::RoleBinding,
     },
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
 };
@@ -35,6 +39,8 @@ pub struct RenderContext {
     pub keda_available: bool,
     /// Prometheus base URL for KEDA triggers.
     pub prometheus_address: String,
+    /// ClusterRole bound to each workload's ServiceAccount for the sidecar (the chart's).
+    pub sidecar_cluster_role: String,
 }
 
 impl Default for RenderContext {
@@ -43,6 +49,7 @@ impl Default for RenderContext {
             sidecar_image: "ghcr.io/apiworkload/apiworkload-sidecar:latest".into(),
             keda_available: false,
             prometheus_address: "http://prometheus-operated.monitoring.svc:9090".into(),
+            sidecar_cluster_role: "apiworkload-sidecar".into(),
         }
     }
 }
@@ -74,6 +81,8 @@ pub struct Rendered {
     pub service: Service,
     pub pdb: Option<PodDisruptionBudget>,
     pub autoscaler: Autoscaler,
+    /// The sidecar's ServiceAccount and RoleBinding (None without diagnostics).
+    pub identity: Option<(ServiceAccount, RoleBinding)>,
     /// Why the autoscaler is what it is (for the AutoscalingReady condition).
     pub autoscaling_note: autoscaling::Note,
     pub command: Vec<String>,
@@ -90,6 +99,12 @@ pub fn render(aw: &ApiWorkload, plan: &Plan, ctx: &RenderContext) -> Rendered {
         service: service::service(aw),
         pdb: service::pdb(aw),
         autoscaler,
+        identity: aw.spec.diagnostics.enabled.then(|| {
+            (
+                identity::service_account(aw),
+                identity::role_binding(aw, ctx),
+            )
+        }),
         autoscaling_note,
         command,
     }
