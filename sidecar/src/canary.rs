@@ -56,6 +56,10 @@ pub struct Observations {
     pub inflight_since: Vec<Option<Instant>>,
     /// Latency of every completed probe, in seconds (bounded to the last 4096).
     pub latencies: Vec<f64>,
+    /// Time during which some worker was stalled (overlaps counted once).
+    pub stalled_seconds_union: f64,
+    /// End of the latest stall recorded, for the union.
+    covered_until: Option<Instant>,
 }
 
 impl Observations {
@@ -71,6 +75,32 @@ impl Observations {
     /// Total stalled time detected.
     pub fn stalled_seconds(&self) -> f64 {
         self.stalls.iter().map(|s| s.seconds).sum()
+    }
+
+    /// Records a stall that ended at `end`. Several connections on one frozen worker see
+    /// the same stall: one overlapping a stall already recorded only extends it (the
+    /// stalled time counts once, and it is not a second stall).
+    pub fn record_stall(&mut self, connection: usize, seconds: f64, probe: f64, end: Instant) {
+        let start = end
+            .checked_sub(Duration::from_secs_f64(seconds))
+            .unwrap_or(end);
+        match self.covered_until {
+            Some(covered) if start < covered => {
+                self.stalled_seconds_union += end.saturating_duration_since(covered).as_secs_f64();
+                if let Some(last) = self.stalls.last_mut() {
+                    last.seconds += end.saturating_duration_since(covered).as_secs_f64();
+                }
+            }
+            _ => {
+                self.stalled_seconds_union += seconds;
+                self.stalls.push(Stall {
+                    connection,
+                    seconds,
+                    probe_seconds: probe,
+                });
+            }
+        }
+        self.covered_until = Some(self.covered_until.map_or(end, |c| c.max(end)));
     }
 }
 
@@ -125,6 +155,10 @@ async fn probe(conn: &mut Option<BufReader<TcpStream>>, cfg: &CanaryConfig) -> s
 }
 
 async fn run_one(index: usize, cfg: CanaryConfig, obs: Arc<Mutex<Observations>>) {
+    // Staggered: connections are opened one at a time (each accepted by whichever worker
+    // is idle, rather than a batch by the first one awake) and probes interleave, so a
+    // worker holding several connections is probed more often.
+    tokio::time::sleep(cfg.period * index as u32 / cfg.connections.max(1) as u32).await;
     let mut conn: Option<BufReader<TcpStream>> = None;
     let mut last_done: Option<Instant> = None;
     let mut ticker = tokio::time::interval(cfg.period);
@@ -156,11 +190,8 @@ async fn run_one(index: usize, cfg: CanaryConfig, obs: Arc<Mutex<Observations>>)
                     let gap = last_done
                         .map(|l| sent.saturating_duration_since(l))
                         .unwrap_or_default();
-                    o.stalls.push(Stall {
-                        connection: index,
-                        seconds: latency.as_secs_f64() + gap.as_secs_f64() / 2.0,
-                        probe_seconds: latency.as_secs_f64(),
-                    });
+                    let seconds = latency.as_secs_f64() + gap.as_secs_f64() / 2.0;
+                    o.record_stall(index, seconds, latency.as_secs_f64(), done);
                 }
                 last_done = Some(done);
             }
@@ -184,4 +215,26 @@ pub fn start(cfg: CanaryConfig) -> Arc<Mutex<Observations>> {
         tokio::spawn(run_one(i, cfg.clone(), obs.clone()));
     }
     obs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_frozen_worker_seen_by_two_connections_is_one_stall() {
+        let t0 = Instant::now();
+        let at = |s: f64| t0 + Duration::from_secs_f64(s);
+        let mut o = Observations::default();
+        // Both connections of the worker frozen from 1.0 s to 2.0 s; their probes were
+        // sent 125 ms apart and answered together.
+        o.record_stall(0, 1.0, 0.9, at(2.0));
+        o.record_stall(1, 0.9, 0.8, at(2.01));
+        assert_eq!(o.stalls.len(), 1);
+        assert!((o.stalled_seconds_union - 1.01).abs() < 1e-9);
+        // A later, separate stall is a second one.
+        o.record_stall(0, 0.5, 0.4, at(5.0));
+        assert_eq!(o.stalls.len(), 2);
+        assert!((o.stalled_seconds_union - 1.51).abs() < 1e-9);
+    }
 }

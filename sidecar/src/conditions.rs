@@ -35,7 +35,10 @@ pub struct Window {
 /// Raw measurements accumulated by the watchers between two evaluations.
 #[derive(Debug, Clone, Default)]
 pub struct WindowAccumulator {
+    /// Stalled seconds the canary saw.
     pub stalled_seconds: f64,
+    /// Stalled worker-seconds the heartbeat saw (the same stall may be in both).
+    pub heartbeat_stalled_seconds: f64,
     /// A canary probe was outstanding past the threshold at some point in the window.
     pub stalled_in_progress: bool,
     pub window_seconds: f64,
@@ -54,7 +57,7 @@ impl WindowAccumulator {
     /// The window's summary. A stall in progress counts as stalled for the whole window
     /// (at least the threshold), so a long stall is reported while it happens.
     pub fn finish(self, threshold_seconds: f64) -> Window {
-        let mut stalled = self.stalled_seconds;
+        let mut stalled = self.stalled_seconds.max(self.heartbeat_stalled_seconds);
         if self.stalled_in_progress {
             stalled = stalled.max(self.window_seconds.max(threshold_seconds));
         }

@@ -30,6 +30,10 @@ pub struct Config {
     /// Canary period per connection (4 Hz: a stall's duration is known to ±period/2).
     #[arg(long, env = "APIW_CANARY_PERIOD", default_value = "250ms", value_parser = parse_duration)]
     pub canary_period: std::time::Duration,
+    /// UDP address for the app's opt-in heartbeat (sidecar/python/apiworkload_heartbeat.py);
+    /// each worker's datagrams reveal its own stalls exactly.
+    #[arg(long, env = "APIW_HEARTBEAT_LISTEN", default_value = "127.0.0.1:9902")]
+    pub heartbeat_listen: SocketAddr,
     /// Keep-alive the operator rendered; inbound closes after about this idle time are
     /// the server's keep-alive.
     #[arg(long, env = "APIW_UPSTREAM_IDLE", default_value = "5s")]

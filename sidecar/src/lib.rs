@@ -9,6 +9,7 @@ pub mod canary;
 pub mod conditions;
 pub mod config;
 pub mod dns;
+pub mod heartbeat;
 pub mod podstatus;
 pub mod procnet;
 pub mod report;

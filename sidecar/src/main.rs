@@ -12,6 +12,7 @@ use apiworkload_sidecar::{
     conditions::{Conditions, Thresholds, WindowAccumulator as Window},
     config::Config,
     dns::{self, Lookup, Mode},
+    heartbeat,
     podstatus::{PodStatusWriter, WritePolicy},
     procnet,
     report::{self, Metrics},
@@ -110,21 +111,57 @@ async fn watch_event_loop(config: Config, metrics: Arc<Metrics>, window: Arc<Mut
         threshold: config.stall_threshold,
         give_up: std::time::Duration::from_secs(60),
     });
-    let mut seen = (0, 0);
+    let mut seen = report::CanarySeen::default();
     let mut ticker = tokio::time::interval(std::time::Duration::from_secs(1));
     loop {
         ticker.tick().await;
         if let Ok(mut obs) = observations.lock() {
-            let stalled: f64 = obs.stalls.iter().map(|s| s.seconds).sum();
             let in_progress = obs
                 .oldest_inflight()
                 .filter(|d| *d > config.stall_threshold);
-            metrics.record_canary(&mut obs, &mut seen);
+            let stalled = metrics.record_canary(&mut obs, &mut seen);
             if let Ok(mut w) = window.lock() {
                 w.stalled_seconds += stalled;
                 // A stall still in progress counts toward this window as it happens.
                 if in_progress.is_some() {
                     w.stalled_in_progress = true;
+                }
+            }
+        }
+    }
+}
+
+/// Receives the app's opt-in heartbeats; every second moves their stalls into the
+/// metrics and the window. Without a heartbeat from the app this costs one idle socket.
+async fn watch_heartbeats(config: Config, metrics: Arc<Metrics>, window: Arc<Mutex<Window>>) {
+    let socket = match tokio::net::UdpSocket::bind(config.heartbeat_listen).await {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(address = %config.heartbeat_listen, error = %e, "heartbeat socket unavailable; canary only");
+            return;
+        }
+    };
+    let mut beats = heartbeat::Heartbeats::default();
+    let mut seen = 0.0;
+    let mut buf = [0u8; 64];
+    let mut ticker = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            received = socket.recv(&mut buf) => {
+                if let Ok(n) = received
+                    && let Some(beat) = heartbeat::parse(&buf[..n])
+                {
+                    beats.on_beat(beat, std::time::Instant::now(), config.stall_threshold);
+                }
+            }
+            _ = ticker.tick() => {
+                let overdue = beats.overdue(std::time::Instant::now());
+                let stalled = metrics.record_heartbeat(&mut beats, &mut seen);
+                if let Ok(mut w) = window.lock() {
+                    w.heartbeat_stalled_seconds += stalled;
+                    if overdue.is_some_and(|d| d > config.stall_threshold) {
+                        w.stalled_in_progress = true;
+                    }
                 }
             }
         }
@@ -162,9 +199,12 @@ async fn watch_connections(config: Config, metrics: Arc<Metrics>, window: Arc<Mu
             .collect();
         let (to_app, from_app): (Vec<_>, Vec<_>) =
             rows.into_iter().partition(|r| r.local.port() == port);
+        // Not outbound: the app's own clients' side, and anything on the sidecar's port
+        // (scrapes of /metrics).
+        let own = config.listen.port();
         let from_app: Vec<_> = from_app
             .into_iter()
-            .filter(|r| r.remote.port() != port)
+            .filter(|r| r.remote.port() != port && r.local.port() != own && r.remote.port() != own)
             .collect();
         let now = std::time::Instant::now();
         if std::mem::take(&mut first) {
@@ -265,6 +305,11 @@ async fn main() -> anyhow::Result<()> {
         tokio::spawn(probe_dns(config.clone(), state.clone()));
     }
     tokio::spawn(watch_event_loop(
+        config.clone(),
+        state.metrics.clone(),
+        state.window.clone(),
+    ));
+    tokio::spawn(watch_heartbeats(
         config.clone(),
         state.metrics.clone(),
         state.window.clone(),

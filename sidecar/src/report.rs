@@ -17,6 +17,7 @@ use crate::{
     canary::Observations,
     conditions::Conditions,
     dns::{Lookup, Mode, Rcode},
+    heartbeat::Heartbeats,
     resolv::{ResolvConf, candidates},
     sockets::{InboundCounts, InboundSample, OutboundTracker},
 };
@@ -80,6 +81,14 @@ struct NameserverLabels {
     rcode: String,
 }
 
+/// Canary totals already moved into the metrics.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CanarySeen {
+    pub probes: u64,
+    pub failures: u64,
+    pub stalled_seconds: f64,
+}
+
 /// The sidecar's metrics (prefix `apiworkload_sidecar_`; labels stay bounded: configured
 /// targets, ≤ 3 nameservers, fixed enums).
 #[derive(Debug)]
@@ -108,6 +117,7 @@ pub struct Metrics {
     inbound_unread_age: Gauge<f64, std::sync::atomic::AtomicU64>,
     close_wait: Gauge,
     netns: Family<CounterNameLabels, Counter>,
+    heartbeat_workers: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -322,7 +332,14 @@ impl Metrics {
             "Kernel TCP counters of the pod's network namespace (/proc/net/snmp, /proc/net/netstat; every container included)",
             netns.clone(),
         );
+        let heartbeat_workers = Gauge::default();
+        registry.register(
+            "heartbeat_workers",
+            "App workers sending the opt-in heartbeat",
+            heartbeat_workers.clone(),
+        );
         Metrics {
+            heartbeat_workers,
             inbound_opened,
             inbound_closed,
             listen_queue,
@@ -387,28 +404,50 @@ impl Metrics {
     }
 
     /// Moves what the canaries saw since the last call into the metrics (draining the
-    /// stall list keeps memory bounded).
-    pub fn record_canary(&self, obs: &mut Observations, seen: &mut (u64, u64)) {
+    /// stall list keeps memory bounded); returns the stalled seconds added.
+    pub fn record_canary(&self, obs: &mut Observations, seen: &mut CanarySeen) -> f64 {
+        let source = SourceLabels {
+            source: "canary".into(),
+        };
         for stall in obs.stalls.drain(..) {
-            let source = SourceLabels {
-                source: "canary".into(),
-            };
             self.stall_duration
                 .get_or_create(&source)
                 .observe(stall.seconds);
-            self.stalled_seconds
-                .get_or_create(&source)
-                .inc_by(stall.seconds);
         }
-        self.canary_probes.inc_by(obs.probes.saturating_sub(seen.0));
+        let stalled = (obs.stalled_seconds_union - seen.stalled_seconds).max(0.0);
+        self.stalled_seconds.get_or_create(&source).inc_by(stalled);
+        self.canary_probes
+            .inc_by(obs.probes.saturating_sub(seen.probes));
         self.canary_failures
-            .inc_by(obs.failures.saturating_sub(seen.1));
-        *seen = (obs.probes, obs.failures);
+            .inc_by(obs.failures.saturating_sub(seen.failures));
+        *seen = CanarySeen {
+            probes: obs.probes,
+            failures: obs.failures,
+            stalled_seconds: obs.stalled_seconds_union,
+        };
         self.canary_oldest_inflight.set(
             obs.oldest_inflight()
                 .map(|d| d.as_secs_f64())
                 .unwrap_or(0.0),
         );
+        stalled
+    }
+
+    /// Moves the heartbeat's stalls into the metrics; returns the stalled seconds added.
+    pub fn record_heartbeat(&self, h: &mut Heartbeats, seen_stalled: &mut f64) -> f64 {
+        let source = SourceLabels {
+            source: "heartbeat".into(),
+        };
+        for stall in h.stalls.drain(..) {
+            self.stall_duration
+                .get_or_create(&source)
+                .observe(stall.seconds);
+        }
+        let added = (h.stalled_seconds - *seen_stalled).max(0.0);
+        self.stalled_seconds.get_or_create(&source).inc_by(added);
+        *seen_stalled = h.stalled_seconds;
+        self.heartbeat_workers.set(h.workers() as i64);
+        added
     }
 
     /// Moves what the outbound tracker counted since the last call into the metrics.
@@ -528,20 +567,14 @@ mod tests {
 
     #[test]
     fn canary_stalls_become_a_histogram_and_a_stalled_seconds_counter() {
-        use crate::canary::Stall;
         let m = Metrics::new(&[]);
-        let mut obs = Observations {
-            probes: 10,
-            inflight_since: vec![None],
-            ..Default::default()
-        };
-        obs.stalls.push(Stall {
-            connection: 0,
-            seconds: 1.5,
-            probe_seconds: 1.4,
-        });
-        let mut seen = (0, 0);
-        m.record_canary(&mut obs, &mut seen);
+        let mut obs = Observations::default();
+        obs.probes = 10;
+        obs.inflight_since = vec![None];
+        let end = std::time::Instant::now();
+        obs.record_stall(0, 1.5, 1.4, end);
+        let mut seen = CanarySeen::default();
+        assert_eq!(m.record_canary(&mut obs, &mut seen), 1.5);
         assert!(obs.stalls.is_empty(), "drained");
         let text = m.encode();
         assert!(

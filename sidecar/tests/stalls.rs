@@ -224,3 +224,202 @@ async fn event_loop_condition_turns_false_during_a_long_stall_and_recovers() {
         "True again after 5 good windows"
     );
 }
+
+/// gunicorn with 2 uvicorn workers sharing one accept queue, under the real sidecar: a
+/// stall in either worker is seen and measured within ±20 % through the opt-in heartbeat
+/// (the canary's persistent connections may all sit on one worker: it is reported too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_gunicorn_workers_a_stall_in_either_is_seen() {
+    let heartbeat_port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let heartbeat = format!("127.0.0.1:{heartbeat_port}");
+    let server = tokio::task::spawn_blocking({
+        let heartbeat = heartbeat.clone();
+        move || {
+            PythonServer::start_with_env(
+                "gunicorn",
+                &[
+                    "app:app",
+                    "--workers",
+                    "2",
+                    "--worker-class",
+                    "uvicorn_worker.UvicornWorker",
+                    "--bind",
+                    "127.0.0.1:{port}",
+                    "--keep-alive",
+                    "5",
+                    "--log-level",
+                    "warning",
+                ],
+                &[("APIW_HEARTBEAT_ADDR", &heartbeat)],
+            )
+        }
+    })
+    .await
+    .unwrap();
+    let sidecar = Sidecar::start(&[
+        format!("--app-port={}", server.addr.port()),
+        "--workers=2".into(),
+        format!("--heartbeat-listen={heartbeat}"),
+        "--resolv-conf=/dev/null".into(),
+    ]);
+    let stalled = |source: &str| {
+        sidecar
+            .metric(&format!(
+                "apiworkload_sidecar_event_loop_stall_seconds_total{{source=\"{source}\"}}"
+            ))
+            .unwrap_or(0.0)
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        sidecar.metric("apiworkload_sidecar_heartbeat_workers"),
+        Some(2.0),
+        "both workers send heartbeats"
+    );
+    let addr = server.addr;
+    let (mut by_heartbeat, mut by_canary) = (Vec::new(), Vec::new());
+    for _ in 0..6 {
+        let before = (stalled("heartbeat"), stalled("canary"));
+        let ok = tokio::task::spawn_blocking(move || http_get_blocking(addr, "/block?seconds=1"))
+            .await
+            .unwrap();
+        assert!(ok.is_some_and(|r| r.starts_with("HTTP/1.1 200")));
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        by_heartbeat.push(stalled("heartbeat") - before.0);
+        by_canary.push(stalled("canary") - before.1);
+    }
+    eprintln!(
+        "per injected 1 s stall, heartbeat saw {by_heartbeat:.3?}, canary saw {by_canary:.3?}"
+    );
+    for (i, m) in by_heartbeat.iter().enumerate() {
+        assert!(
+            (0.8..=1.2).contains(m),
+            "trial {i}: the heartbeat saw {m:.3}s for a 1 s stall (all: {by_heartbeat:.3?})"
+        );
+    }
+}
+
+/// The seeds' case: small requests queued behind a handler parsing a 25 MB JSON body on
+/// the event loop. The real sidecar (canary and heartbeat) sees the stall; the heartbeat
+/// measures it within ±20 % of the parse time the app itself reports, and a small
+/// request sent meanwhile waits about as long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_requests_queued_behind_a_25_mb_json_parse_are_detected() {
+    let heartbeat_port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let heartbeat = format!("127.0.0.1:{heartbeat_port}");
+    let server = tokio::task::spawn_blocking({
+        let heartbeat = heartbeat.clone();
+        move || {
+            PythonServer::start_with_env(
+                "uvicorn",
+                &[
+                    "app:app",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    "{port}",
+                    "--log-level",
+                    "warning",
+                ],
+                &[("APIW_HEARTBEAT_ADDR", &heartbeat)],
+            )
+        }
+    })
+    .await
+    .unwrap();
+    let sidecar = Sidecar::start(&[
+        format!("--app-port={}", server.addr.port()),
+        format!("--heartbeat-listen={heartbeat}"),
+        "--resolv-conf=/dev/null".into(),
+    ]);
+    // About 25 MB of records, as an API's bulk endpoint would receive.
+    let mut body = String::with_capacity(26 << 20);
+    body.push('[');
+    let mut i = 0u64;
+    while body.len() < 25 << 20 {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(&format!(
+            r#"{{"id":{i},"name":"item-{i}","tags":["a","b","c"],"price":{}.5,"active":true}}"#,
+            i % 1000
+        ));
+        i += 1;
+    }
+    body.push(']');
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stalled = |source: &str| {
+        sidecar
+            .metric(&format!(
+                "apiworkload_sidecar_event_loop_stall_seconds_total{{source=\"{source}\"}}"
+            ))
+            .unwrap_or(0.0)
+    };
+    let before = (stalled("heartbeat"), stalled("canary"));
+    let addr = server.addr;
+    let big = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        write!(
+            s,
+            "POST /parse HTTP/1.1\r\nHost: app\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .unwrap();
+        s.write_all(body.as_bytes()).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(out.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        json["parse_seconds"].as_f64().unwrap()
+    });
+    // Small requests every 50 ms while it runs (bounded: at most 100).
+    let mut slowest_small = Duration::ZERO;
+    for _ in 0..100 {
+        let started = std::time::Instant::now();
+        let ok = tokio::task::spawn_blocking(move || http_get_blocking(addr, "/healthz"))
+            .await
+            .unwrap();
+        assert!(ok.is_some_and(|r| r.starts_with("HTTP/1.1 200")));
+        slowest_small = slowest_small.max(started.elapsed());
+        if big.is_finished() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let parse_seconds = tokio::task::spawn_blocking(move || big.join().unwrap())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let seen = (
+        stalled("heartbeat") - before.0,
+        stalled("canary") - before.1,
+    );
+    eprintln!(
+        "25 MB parse: {parse_seconds:.3}s in the app; heartbeat {:.3}s, canary {:.3}s; slowest small request {slowest_small:?}",
+        seen.0, seen.1
+    );
+    assert!(
+        parse_seconds > 0.1,
+        "a 25 MB parse takes a while: {parse_seconds}"
+    );
+    let error = (seen.0 - parse_seconds).abs() / parse_seconds;
+    assert!(
+        error <= 0.2,
+        "heartbeat saw {:.3}s for a {parse_seconds:.3}s parse ({:.0}% off)",
+        seen.0,
+        error * 100.0
+    );
+    assert!(seen.1 > 0.1, "the canary saw the stall too: {:.3}s", seen.1);
+    assert!(
+        slowest_small.as_secs_f64() >= 0.5 * parse_seconds,
+        "a small request waited behind the parse: {slowest_small:?} for a {parse_seconds:.3}s parse"
+    );
+}

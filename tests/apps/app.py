@@ -7,11 +7,26 @@
 """
 
 import json
+import os
+import sys
 import time
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 
-app = FastAPI()
+# The sidecar's opt-in heartbeat, from the repo (an app would vendor or install it).
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "sidecar", "python"))
+import apiworkload_heartbeat  # noqa: E402
+
+
+@asynccontextmanager
+async def lifespan(app):
+    if os.environ.get("APIW_HEARTBEAT_ADDR"):
+        apiworkload_heartbeat.start()
+    yield
+
+
+app = FastAPI(lifespan=lifespan)
 
 
 @app.get("/healthz")
@@ -37,8 +52,12 @@ async def cpu(seconds: float = 1.0):
 @app.post("/parse")
 async def parse(request: Request):
     body = await request.body()
-    data = json.loads(body)
-    return {"items": len(data) if hasattr(data, "__len__") else 1}
+    started = time.perf_counter()
+    data = json.loads(body)  # synchronous: the loop is frozen while it runs
+    return {
+        "items": len(data) if hasattr(data, "__len__") else 1,
+        "parse_seconds": time.perf_counter() - started,
+    }
 
 
 # Outbound calls, pooled or not (the classic: a new HTTP client per request).

@@ -1,9 +1,15 @@
-//! Starting the real sidecar binary in tests.
-#![allow(dead_code, clippy::unwrap_used)]
+//! Shared by the sidecar tests: the real sidecar binary and a real DNS server (dnsmasq).
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::{
     net::SocketAddr,
     process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use apiworkload_sidecar::{
+    dns::{Mode, lookup},
+    resolv::parse,
 };
 
 /// The `apiworkload-sidecar` binary listening on a free loopback port; killed on drop,
@@ -23,9 +29,13 @@ impl Sidecar {
     /// the test's own environment: KUBECONFIG is only what `env` says.
     pub fn start_with_env(args: &[String], env: &[(&str, &str)]) -> Sidecar {
         let port = apiworkload_e2e::free_port();
+        // Sidecars of concurrent tests must not share the default heartbeat port.
+        let heartbeat = (!args.iter().any(|a| a.starts_with("--heartbeat-listen")))
+            .then_some("--heartbeat-listen=127.0.0.1:0");
         let child = Command::new(env!("CARGO_BIN_EXE_apiworkload-sidecar"))
             .arg(format!("--listen=127.0.0.1:{port}"))
             .args(args)
+            .args(heartbeat)
             .env_remove("KUBECONFIG")
             .env_remove("POD_NAME")
             .env_remove("POD_NAMESPACE")
@@ -68,6 +78,82 @@ impl Sidecar {
 }
 
 impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// dnsmasq serving `api.example.test` (A only) and empty `cluster.local` / `example.test`
+/// zones (NXDOMAIN for everything else); killed on drop.
+pub struct Dnsmasq {
+    child: Child,
+    pub addr: SocketAddr,
+    log: std::path::PathBuf,
+}
+
+impl Dnsmasq {
+    pub fn start() -> Dnsmasq {
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = std::env::temp_dir().join(format!("dnsmasq-{port}.log"));
+        let binary = if std::path::Path::new("/usr/sbin/dnsmasq").exists() {
+            "/usr/sbin/dnsmasq"
+        } else {
+            "dnsmasq"
+        };
+        let child = Command::new(binary)
+            .args([
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                &format!("--port={port}"),
+                "--listen-address=127.0.0.1",
+                "--bind-interfaces",
+                "--no-resolv",
+                "--no-hosts",
+                "--local=/cluster.local/",
+                "--local=/example.test/",
+                "--host-record=api.example.test,127.0.0.5",
+                "--log-queries",
+                "--log-facility=-",
+                "--user=root",
+            ])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("dnsmasq is required (tests/run installs dnsmasq-base)");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let server = Dnsmasq { child, addr, log };
+        // Ready when it answers.
+        let conf = parse("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        for _ in 0..50 {
+            let l = rt.block_on(lookup(&conf, &[addr], "api.example.test", Mode::Fqdn));
+            if l.answered_by.is_some() {
+                let _ = std::fs::write(&server.log, "");
+                return server;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("dnsmasq did not start on {addr}");
+    }
+
+    /// Queries dnsmasq logged since it started (or was last reset), e.g. `query[A]`.
+    pub fn logged_queries(&self) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap()
+            .matches("query[")
+            .count()
+    }
+}
+
+impl Drop for Dnsmasq {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

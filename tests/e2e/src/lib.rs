@@ -286,6 +286,11 @@ impl PythonServer {
     /// Runs `tool` (e.g. `uvicorn`) from the venv in tests/apps with `args`, where `{port}`
     /// is replaced by a free loopback port; waits until GET /healthz answers.
     pub fn start(tool: &str, args: &[&str]) -> PythonServer {
+        PythonServer::start_with_env(tool, args, &[])
+    }
+
+    /// As [`PythonServer::start`], with environment variables for the app.
+    pub fn start_with_env(tool: &str, args: &[&str], env: &[(&str, &str)]) -> PythonServer {
         let port = free_port();
         let args: Vec<String> = args
             .iter()
@@ -294,6 +299,7 @@ impl PythonServer {
         let child = Command::new(python_venv().join("bin").join(tool))
             .args(&args)
             .current_dir(repo_root().join("tests/apps"))
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()

@@ -1,0 +1,173 @@
+//! The opt-in in-process heartbeat (`sidecar/python/apiworkload_heartbeat.py`): each
+//! worker's event loop sends `apiw1 <pid> <seq> <interval_ms>` every interval. A gap
+//! longer than the interval is a stall of that worker, measured to a few milliseconds,
+//! whichever worker it is (canary connections may all sit on one worker).
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+/// One datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Beat {
+    pub pid: u32,
+    pub seq: u64,
+    pub interval: Duration,
+}
+
+/// `apiw1 <pid> <seq> <interval_ms>`; anything else is ignored.
+pub fn parse(datagram: &[u8]) -> Option<Beat> {
+    let text = std::str::from_utf8(datagram).ok()?;
+    let mut fields = text.split_ascii_whitespace();
+    if fields.next()? != "apiw1" {
+        return None;
+    }
+    let pid = fields.next()?.parse().ok()?;
+    let seq = fields.next()?.parse().ok()?;
+    let interval_ms: u64 = fields.next()?.parse().ok()?;
+    Some(Beat {
+        pid,
+        seq,
+        interval: Duration::from_millis(interval_ms.clamp(1, 10_000)),
+    })
+}
+
+/// A worker silent this long has exited (or been recycled): forgotten, not a stall.
+pub const FORGET_AFTER: Duration = Duration::from_secs(60);
+
+#[derive(Debug)]
+struct Worker {
+    /// Bounded label: the lowest slot free when the worker first beat, not its PID.
+    slot: usize,
+    last: Instant,
+    interval: Duration,
+}
+
+/// A stall one worker's heartbeat revealed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerStall {
+    pub slot: usize,
+    pub seconds: f64,
+}
+
+/// Heartbeats of every worker of the app.
+#[derive(Debug, Default)]
+pub struct Heartbeats {
+    workers: HashMap<u32, Worker>,
+    /// Stalls not yet moved into the metrics.
+    pub stalls: Vec<WorkerStall>,
+    /// Stalled worker-seconds so far.
+    pub stalled_seconds: f64,
+    pub beats: u64,
+}
+
+impl Heartbeats {
+    /// Folds in one beat; a gap over the interval by more than `threshold` is a stall.
+    pub fn on_beat(&mut self, beat: Beat, now: Instant, threshold: Duration) {
+        self.beats += 1;
+        if let Some(w) = self.workers.get_mut(&beat.pid) {
+            let late = now
+                .saturating_duration_since(w.last)
+                .saturating_sub(w.interval);
+            if late > threshold && late < FORGET_AFTER {
+                self.stalled_seconds += late.as_secs_f64();
+                self.stalls.push(WorkerStall {
+                    slot: w.slot,
+                    seconds: late.as_secs_f64(),
+                });
+            }
+            w.last = now;
+            w.interval = beat.interval;
+            return;
+        }
+        let slot = (0..)
+            .find(|s| self.workers.values().all(|w| w.slot != *s))
+            .unwrap_or(0);
+        self.workers.insert(
+            beat.pid,
+            Worker {
+                slot,
+                last: now,
+                interval: beat.interval,
+            },
+        );
+    }
+
+    /// How late the most overdue worker is: a stall in progress when over the threshold.
+    /// Forgets workers silent for [`FORGET_AFTER`].
+    pub fn overdue(&mut self, now: Instant) -> Option<Duration> {
+        self.workers
+            .retain(|_, w| now.saturating_duration_since(w.last) < FORGET_AFTER);
+        self.workers
+            .values()
+            .map(|w| {
+                now.saturating_duration_since(w.last)
+                    .saturating_sub(w.interval)
+            })
+            .max()
+    }
+
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: Duration = Duration::from_millis(100);
+
+    fn beat(pid: u32, seq: u64) -> Beat {
+        Beat {
+            pid,
+            seq,
+            interval: Duration::from_millis(50),
+        }
+    }
+
+    #[test]
+    fn parses_only_our_datagrams() {
+        assert_eq!(parse(b"apiw1 4242 7 50"), Some(beat(4242, 7)));
+        assert_eq!(parse(b"apiw2 4242 7 50"), None);
+        assert_eq!(parse(b"apiw1 x 7 50"), None);
+        assert_eq!(parse(&[0xff, 0xfe]), None);
+    }
+
+    #[test]
+    fn a_gap_is_a_stall_of_that_worker_only() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut h = Heartbeats::default();
+        h.on_beat(beat(2, 1), at(10), T);
+        h.on_beat(beat(2, 2), at(60), T);
+        // Worker 1 beats every 50 ms throughout; worker 2 is frozen for 1 s, so its next
+        // beat comes 1.05 s after the last.
+        for (seq, ms) in (0..=700).step_by(50).enumerate() {
+            h.on_beat(beat(1, seq as u64), at(ms), T);
+        }
+        assert_eq!(h.overdue(at(700)), Some(Duration::from_millis(590)));
+        h.on_beat(beat(2, 3), at(1110), T);
+        for (seq, ms) in (750..=1120).step_by(50).enumerate() {
+            h.on_beat(beat(1, 20 + seq as u64), at(ms), T);
+        }
+        assert_eq!(h.stalls.len(), 1, "{:?}", h.stalls);
+        assert_eq!(h.stalls[0].slot, 0, "worker 2 beat first: slot 0");
+        assert!((h.stalls[0].seconds - 1.0).abs() < 1e-9);
+        assert_eq!(h.workers(), 2);
+    }
+
+    #[test]
+    fn silent_workers_are_forgotten_and_slots_reused() {
+        let t0 = Instant::now();
+        let mut h = Heartbeats::default();
+        h.on_beat(beat(1, 1), t0, T);
+        h.on_beat(beat(2, 1), t0, T);
+        h.overdue(t0 + FORGET_AFTER);
+        assert_eq!(h.workers(), 0);
+        h.on_beat(beat(3, 1), t0 + FORGET_AFTER, T);
+        assert!(h.stalls.is_empty(), "an exited worker is not a stall");
+        assert_eq!(h.workers.get(&3).map(|w| w.slot), Some(0));
+    }
+}

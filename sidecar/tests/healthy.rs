@@ -1,0 +1,125 @@
+//! A healthy app under steady light load, watched by the real sidecar for 60 s: all three
+//! conditions stay True the whole time and no stall is recorded. Its own test binary, so
+//! no other test's traffic shares the socket table it samples.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::{os::unix::fs::MetadataExt, time::Duration};
+
+mod support;
+
+use apiworkload_e2e::{PythonServer, http_get_blocking};
+use support::{Dnsmasq, Sidecar};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_app_keeps_every_condition_true_for_60_seconds() {
+    let dns = tokio::task::spawn_blocking(Dnsmasq::start).await.unwrap();
+    let resolv = std::env::temp_dir().join(format!("resolv-healthy-{}.conf", dns.addr.port()));
+    // What the operator renders: ndots 2, so an external name is asked as itself first.
+    std::fs::write(
+        &resolv,
+        "search ns.svc.cluster.local svc.cluster.local cluster.local\nnameserver 127.0.0.1\noptions ndots:2 timeout:2 attempts:1\n",
+    )
+    .unwrap();
+    let heartbeat = format!(
+        "127.0.0.1:{}",
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    );
+    let (upstream, app) = tokio::task::spawn_blocking({
+        let heartbeat = heartbeat.clone();
+        move || {
+            let upstream = PythonServer::uvicorn();
+            let app = PythonServer::start_with_env(
+                "uvicorn",
+                &[
+                    "app:app",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    "{port}",
+                    "--log-level",
+                    "warning",
+                ],
+                &[("APIW_HEARTBEAT_ADDR", &heartbeat)],
+            );
+            (upstream, app)
+        }
+    })
+    .await
+    .unwrap();
+    let uid = std::fs::metadata("/proc/self").unwrap().uid();
+    let sidecar = Sidecar::start(&[
+        format!("--app-port={}", app.addr.port()),
+        format!("--app-uid={uid}"),
+        format!("--heartbeat-listen={heartbeat}"),
+        "--dns-probe=api.example.test".into(),
+        "--dns-interval=5s".into(),
+        format!("--dns-port={}", dns.addr.port()),
+        format!("--resolv-conf={}", resolv.display()),
+        "--window=5s".into(),
+    ]);
+    // Light steady load for 60 s: 5 small requests/s on one keep-alive connection and
+    // 1 outbound call/s through the app's shared (pooled) client.
+    let (addr, upstream_port) = (app.addr, upstream.addr.port());
+    let load = tokio::task::spawn_blocking(move || {
+        let outbound =
+            format!("/outbound?url=http://127.0.0.1:{upstream_port}/healthz&n=1&pooled=true");
+        let end = std::time::Instant::now() + Duration::from_secs(60);
+        let mut tick = 0u64;
+        while std::time::Instant::now() < end {
+            let path = if tick.is_multiple_of(5) {
+                outbound.as_str()
+            } else {
+                "/healthz"
+            };
+            assert!(http_get_blocking(addr, path).is_some_and(|r| r.starts_with("HTTP/1.1 200")));
+            tick += 1;
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        tick
+    });
+    let mut samples = 0;
+    while !load.is_finished() {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        for key in ["event_loop", "dns", "connections"] {
+            let c = sidecar.condition(key);
+            assert!(
+                c.as_ref().is_some_and(|(ok, _)| *ok),
+                "{key} turned {c:?} after {}s of a healthy app: {:#}",
+                samples * 2,
+                sidecar.report().unwrap_or_default()
+            );
+        }
+        samples += 1;
+    }
+    let requests = load.await.unwrap();
+    assert!(
+        samples >= 28,
+        "checked every 2 s for 60 s ({samples} checks)"
+    );
+    assert!(requests >= 250, "{requests} requests sent");
+    for source in ["canary", "heartbeat"] {
+        assert_eq!(
+            sidecar.metric(&format!(
+                "apiworkload_sidecar_event_loop_stall_seconds_total{{source=\"{source}\"}}"
+            )),
+            Some(0.0),
+            "no stall recorded by the {source}"
+        );
+    }
+    assert_eq!(
+        sidecar.metric("apiworkload_sidecar_heartbeat_workers"),
+        Some(1.0)
+    );
+    let lookups = sidecar
+        .metric(r#"apiworkload_sidecar_dns_lookups_total{target="api.example.test",mode="as_app",result="ok"}"#)
+        .unwrap_or(0.0);
+    assert!(
+        lookups >= 10.0,
+        "DNS was probed all along: {lookups} lookups"
+    );
+    let _ = std::fs::remove_file(resolv);
+}
