@@ -63,9 +63,20 @@ pub struct Config {
     /// Conditions are written on every change and refreshed this often otherwise.
     #[arg(long, env = "APIW_CONDITIONS_HEARTBEAT", default_value = "5m", value_parser = parse_duration)]
     pub conditions_heartbeat: std::time::Duration,
+    /// Where socket samples come from: netlink sock_diag, /proc/net/tcp{,6}, or auto
+    /// (sock_diag, falling back to /proc when the platform refuses it, e.g. gVisor).
+    #[arg(long, env = "APIW_SOCKET_SOURCE", value_enum, default_value_t = SocketSource::Auto)]
+    pub socket_source: SocketSource,
     /// Root of /proc (tests point it elsewhere).
     #[arg(long, env = "APIW_PROC_ROOT", default_value = "/proc")]
     pub proc_root: PathBuf,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketSource {
+    Auto,
+    Netlink,
+    Proc,
 }
 
 /// `30s`, `500ms`, `2m` → Duration.

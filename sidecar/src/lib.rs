@@ -14,4 +14,5 @@ pub mod podstatus;
 pub mod procnet;
 pub mod report;
 pub mod resolv;
+pub mod sockdiag;
 pub mod sockets;

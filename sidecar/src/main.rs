@@ -10,13 +10,13 @@ use anyhow::Context as _;
 use apiworkload_sidecar::{
     canary::{self, CanaryConfig},
     conditions::{Conditions, Thresholds, WindowAccumulator as Window},
-    config::Config,
+    config::{Config, SocketSource},
     dns::{self, Lookup, Mode},
     heartbeat,
     podstatus::{PodStatusWriter, WritePolicy},
     procnet,
     report::{self, Metrics},
-    resolv, sockets,
+    resolv, sockdiag, sockets,
 };
 use axum::{Json, Router, extract::State, response::IntoResponse, routing::get};
 use clap::Parser;
@@ -184,15 +184,47 @@ async fn watch_connections(config: Config, metrics: Arc<Metrics>, window: Arc<Mu
     let mut inbound = sockets::InboundTracker::default();
     let mut seen = (0, 0);
     let mut counters: Option<std::collections::BTreeMap<String, u64>> = None;
+    let mut netlink = match config.socket_source {
+        SocketSource::Proc => None,
+        _ => match sockdiag::SockDiag::open() {
+            Ok(d) => Some(d),
+            Err(e) if config.socket_source == SocketSource::Auto => {
+                warn!(error = %e, "sock_diag unavailable: sampling /proc/net/tcp instead");
+                None
+            }
+            Err(e) => {
+                warn!(error = %e, "sock_diag unavailable (--socket-source=netlink): no socket samples");
+                return;
+            }
+        },
+    };
     let mut ticker = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut first = true;
     loop {
-        ticker.tick().await;
-        let rows: Vec<_> = ["net/tcp", "net/tcp6"]
-            .iter()
-            .filter_map(|f| std::fs::read_to_string(config.proc_root.join(f)).ok())
-            .filter_map(|text| procnet::parse_tcp(&text).ok())
-            .flatten()
+        let deadline = ticker.tick().await;
+        // This timer's lag is the sidecar's own: its latencies are inflated by as much.
+        metrics.record_timer_lag(tokio::time::Instant::now().saturating_duration_since(deadline));
+        let dumped = match netlink.as_mut().map(|d| d.dump()) {
+            Some(Ok(rows)) => Some(rows),
+            Some(Err(e)) => {
+                // Fall back for good: a refusal will not go away between polls.
+                warn!(error = %e, "sock_diag dump failed: sampling /proc/net/tcp from now on");
+                netlink = None;
+                None
+            }
+            None => None,
+        };
+        metrics.set_socket_source(if dumped.is_some() { "netlink" } else { "proc" });
+        let rows = dumped.unwrap_or_else(|| {
+            ["net/tcp", "net/tcp6"]
+                .iter()
+                .filter_map(|f| std::fs::read_to_string(config.proc_root.join(f)).ok())
+                .filter_map(|text| procnet::parse_tcp(&text).ok())
+                .flatten()
+                .collect()
+        });
+        let rows: Vec<_> = rows
+            .into_iter()
             // TIME_WAIT rows belong to no process (the kernel shows UID 0): kept whatever
             // their UID, or no closed connection would ever count.
             .filter(|r| r.state == procnet::TcpState::TimeWait || is_app(r.uid))

@@ -1,5 +1,6 @@
 //! Parsers for the network namespace's `/proc/net` files: per-socket rows of
-//! `/proc/net/tcp{,6}` (the fallback when netlink sock_diag is unavailable) and the
+//! `/proc/net/tcp{,6}` (the fallback when netlink sock_diag, [`crate::sockdiag`], is
+//! unavailable) and the
 //! namespace-wide counters of `/proc/net/snmp` and `/proc/net/netstat`, which miss no
 //! connection however short-lived.
 
@@ -26,7 +27,7 @@ pub enum TcpState {
 }
 
 impl TcpState {
-    fn from_code(code: u8) -> TcpState {
+    pub fn from_code(code: u8) -> TcpState {
         match code {
             0x01 => TcpState::Established,
             0x02 => TcpState::SynSent,
@@ -57,6 +58,8 @@ pub struct TcpRow {
     pub uid: u32,
     /// 0 for a connection still waiting in the accept queue.
     pub inode: u64,
+    /// Time since data last arrived (tcp_info; sock_diag only).
+    pub last_data_recv: Option<std::time::Duration>,
 }
 
 /// Why a row could not be read.
@@ -101,6 +104,7 @@ fn parse_row(line: &str) -> Result<TcpRow, RowError> {
         rx_queue: u32::from_str_radix(rx, 16).map_err(|_| err())?,
         uid: f[7].parse().map_err(|_| err())?,
         inode: f[9].parse().map_err(|_| err())?,
+        last_data_recv: None,
     })
 }
 

@@ -118,6 +118,8 @@ pub struct Metrics {
     close_wait: Gauge,
     netns: Family<CounterNameLabels, Counter>,
     heartbeat_workers: Gauge,
+    socket_source: Family<SourceLabels, Gauge>,
+    timer_lag: Histogram,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -338,7 +340,22 @@ impl Metrics {
             "App workers sending the opt-in heartbeat",
             heartbeat_workers.clone(),
         );
+        let socket_source = Family::<SourceLabels, Gauge>::default();
+        registry.register(
+            "socket_source",
+            "1 for where socket samples come from: netlink (sock_diag) or proc (/proc/net/tcp)",
+            socket_source.clone(),
+        );
+        let timer_lag = Histogram::new([0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]);
+        registry.register_with_unit(
+            "self_timer_lag",
+            "How late the sidecar's own 1 s sampling timer fires: when high, the sidecar was starved of CPU and its latencies are skewed by as much",
+            Unit::Seconds,
+            timer_lag.clone(),
+        );
         Metrics {
+            timer_lag,
+            socket_source,
             heartbeat_workers,
             inbound_opened,
             inbound_closed,
@@ -431,6 +448,18 @@ impl Metrics {
                 .unwrap_or(0.0),
         );
         stalled
+    }
+
+    pub fn record_timer_lag(&self, lag: std::time::Duration) {
+        self.timer_lag.observe(lag.as_secs_f64());
+    }
+
+    pub fn set_socket_source(&self, source: &str) {
+        for s in ["netlink", "proc"] {
+            self.socket_source
+                .get_or_create(&SourceLabels { source: s.into() })
+                .set(i64::from(s == source));
+        }
     }
 
     /// Moves the heartbeat's stalls into the metrics; returns the stalled seconds added.

@@ -226,10 +226,13 @@ impl InboundTracker {
             if row.state == TcpState::Established && row.rx_queue > 0 {
                 unread.insert(k);
                 let since = *self.unread_since.entry(k).or_insert(now);
+                // Seen unread across samples, or (sock_diag) since the bytes arrived.
+                let age = now
+                    .duration_since(since)
+                    .max(row.last_data_recv.unwrap_or_default());
                 sample.unread_connections += 1;
-                sample.unread_max_age_seconds = sample
-                    .unread_max_age_seconds
-                    .max(now.duration_since(since).as_secs_f64());
+                sample.unread_max_age_seconds =
+                    sample.unread_max_age_seconds.max(age.as_secs_f64());
             }
         }
         let gone: Vec<ConnKey> = self
@@ -261,6 +264,7 @@ mod tests {
             tx_queue: 0,
             uid: 10001,
             inode: 1,
+            last_data_recv: None,
         }
     }
 

@@ -165,11 +165,17 @@ fn app_with_keep_alive(seconds: u32) -> PythonServer {
 static BINARY_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn sidecar_for(app: &PythonServer) -> Sidecar {
-    // SAFETY of the UID: every process of the test runs as this user, like the app.
+    sidecar_with_source(app, "auto")
+}
+
+/// `source`: auto (sock_diag here), netlink or proc (the fallback).
+fn sidecar_with_source(app: &PythonServer, source: &str) -> Sidecar {
+    // Every process of the test runs as this user, like the app.
     let uid = std::fs::metadata("/proc/self").unwrap().uid();
     Sidecar::start(&[
         format!("--app-port={}", app.addr.port()),
         format!("--app-uid={uid}"),
+        format!("--socket-source={source}"),
         "--window=2s".into(),
         "--resolv-conf=/dev/null".into(),
     ])
@@ -177,7 +183,8 @@ fn sidecar_for(app: &PythonServer) -> Sidecar {
 
 /// Server keep-alive 2 s behind a client that keeps idle connections 3 s (a load
 /// balancer's pool with a 60 s idle timeout): KeepAliveChurn. The same client against a
-/// keep-alive longer than its idle time: never a server close, not flagged.
+/// keep-alive longer than its idle time: never a server close, not flagged. The short
+/// one is watched twice, through sock_diag and through the /proc fallback: both exact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_shorter_than_the_clients_idle_time_is_keep_alive_churn() {
     let _turn = BINARY_TESTS.lock().await;
@@ -186,6 +193,7 @@ async fn keep_alive_shorter_than_the_clients_idle_time_is_keep_alive_churn() {
             .await
             .unwrap();
     let (short_sidecar, long_sidecar) = (sidecar_for(&short), sidecar_for(&long));
+    let short_by_proc = sidecar_with_source(&short, "proc");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (a, b) = (short.addr, long.addr);
     // 3 rounds of 3 connections idle 4 s: about 12 s, 9 requests per app. The server's
@@ -200,22 +208,27 @@ async fn keep_alive_shorter_than_the_clients_idle_time_is_keep_alive_churn() {
     let (renewed_short, renewed_long) = clients.await.unwrap();
     // One more sample after the last close.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (short_report, long_report) = tokio::task::spawn_blocking(move || {
-        let closes = |s: &Sidecar| {
-            s.metric(
-                "apiworkload_sidecar_tcp_inbound_connections_closed_total{closer=\"server_idle\"}",
-            )
-        };
-        (
-            (
-                closes(&short_sidecar),
-                short_sidecar.condition("connections"),
-            ),
-            (closes(&long_sidecar), long_sidecar.condition("connections")),
-        )
-    })
-    .await
-    .unwrap();
+    let closes = |s: &Sidecar| {
+        s.metric("apiworkload_sidecar_tcp_inbound_connections_closed_total{closer=\"server_idle\"}")
+    };
+    let short_report = (
+        closes(&short_sidecar),
+        short_sidecar.condition("connections"),
+    );
+    let long_report = (closes(&long_sidecar), long_sidecar.condition("connections"));
+    let proc_report = (
+        closes(&short_by_proc),
+        short_by_proc.condition("connections"),
+    );
+    assert_eq!(
+        short_sidecar.metric("apiworkload_sidecar_socket_source{source=\"netlink\"}"),
+        Some(1.0),
+        "sock_diag is the default source"
+    );
+    assert_eq!(
+        short_by_proc.metric("apiworkload_sidecar_socket_source{source=\"proc\"}"),
+        Some(1.0)
+    );
     assert_eq!(
         renewed_short, 6,
         "the 2 s keep-alive closed every idle connection"
@@ -228,6 +241,11 @@ async fn keep_alive_shorter_than_the_clients_idle_time_is_keep_alive_churn() {
         "every connection the server closed after idle counted (the 3 last ones too), none more"
     );
     assert_eq!(condition, Some((false, "KeepAliveChurn".to_string())));
+    assert_eq!(
+        proc_report,
+        (Some((renewed_short + 3) as f64), condition),
+        "the /proc fallback agrees"
+    );
     let (closes, condition) = long_report;
     assert_eq!(closes, Some(0.0));
     assert_eq!(condition, Some((true, "Reused".to_string())));
