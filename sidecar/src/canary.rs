@@ -4,7 +4,8 @@
 //! probe path every `period`. A persistent connection stays with the worker that accepted
 //! it (gunicorn workers share one accept queue, so fresh connections land on idle
 //! workers and miss a stalled one). A probe slower than `threshold` is a stall: the loop
-//! could not answer a trivial request.
+//! could not answer a trivial request. One more canary probes on a fresh connection
+//! each second: it waits in the accept queue when every worker is busy.
 //!
 //! Duration: the stall began after the previous probe on that connection completed and
 //! no later than this probe was sent, so it lasted between `latency` and
@@ -49,7 +50,8 @@ pub struct Stall {
 pub struct Observations {
     pub probes: u64,
     pub failures: u64,
-    /// Probes that had to open a new connection (keep-alive closed by the server).
+    /// Probes on a persistent slot that had to open a new connection (keep-alive closed
+    /// by the server); the fresh-connection slot is not counted.
     pub reconnects: u64,
     pub stalls: Vec<Stall>,
     /// Per connection: when its outstanding probe was sent.
@@ -138,30 +140,42 @@ async fn read_response(reader: &mut BufReader<TcpStream>) -> std::io::Result<boo
     Ok(keep_alive)
 }
 
-async fn probe(conn: &mut Option<BufReader<TcpStream>>, cfg: &CanaryConfig) -> std::io::Result<()> {
+async fn probe(
+    conn: &mut Option<BufReader<TcpStream>>,
+    cfg: &CanaryConfig,
+    close: bool,
+) -> std::io::Result<()> {
     let reader = match conn {
         Some(r) => r,
         None => conn.insert(BufReader::new(TcpStream::connect(cfg.app).await?)),
     };
     let request = format!(
-        "GET {} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: apiworkload-canary\r\n\r\n",
-        cfg.path
+        "GET {} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: apiworkload-canary\r\n{}\r\n",
+        cfg.path,
+        if close { "Connection: close\r\n" } else { "" }
     );
     reader.get_mut().write_all(request.as_bytes()).await?;
-    if !read_response(reader).await? {
+    if !read_response(reader).await? || close {
         *conn = None;
     }
     Ok(())
 }
 
 async fn run_one(index: usize, cfg: CanaryConfig, obs: Arc<Mutex<Observations>>) {
+    // The slot after the persistent ones probes on a fresh connection each time, at a
+    // quarter of the rate: it waits in the accept queue when every worker is busy.
+    let fresh_only = index == cfg.connections.max(1);
     // Staggered: connections are opened one at a time (each accepted by whichever worker
     // is idle, rather than a batch by the first one awake) and probes interleave, so a
     // worker holding several connections is probed more often.
     tokio::time::sleep(cfg.period * index as u32 / cfg.connections.max(1) as u32).await;
     let mut conn: Option<BufReader<TcpStream>> = None;
     let mut last_done: Option<Instant> = None;
-    let mut ticker = tokio::time::interval(cfg.period);
+    let mut ticker = tokio::time::interval(if fresh_only {
+        cfg.period * 4
+    } else {
+        cfg.period
+    });
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
@@ -170,13 +184,13 @@ async fn run_one(index: usize, cfg: CanaryConfig, obs: Arc<Mutex<Observations>>)
         if let Ok(mut o) = obs.lock() {
             o.inflight_since[index] = Some(sent);
         }
-        let outcome = tokio::time::timeout(cfg.give_up, probe(&mut conn, &cfg)).await;
+        let outcome = tokio::time::timeout(cfg.give_up, probe(&mut conn, &cfg, fresh_only)).await;
         let done = Instant::now();
         let latency = done - sent;
         let Ok(mut o) = obs.lock() else { return };
         o.inflight_since[index] = None;
         o.probes += 1;
-        if fresh {
+        if fresh && !fresh_only {
             o.reconnects += 1;
         }
         match outcome {
@@ -206,12 +220,13 @@ async fn run_one(index: usize, cfg: CanaryConfig, obs: Arc<Mutex<Observations>>)
 
 /// Starts the canaries; their observations accumulate in the returned handle.
 pub fn start(cfg: CanaryConfig) -> Arc<Mutex<Observations>> {
-    let connections = cfg.connections.max(1);
+    // The persistent connections, then one fresh-connection slot.
+    let slots = cfg.connections.max(1) + 1;
     let obs = Arc::new(Mutex::new(Observations {
-        inflight_since: vec![None; connections],
+        inflight_since: vec![None; slots],
         ..Default::default()
     }));
-    for i in 0..connections {
+    for i in 0..slots {
         tokio::spawn(run_one(i, cfg.clone(), obs.clone()));
     }
     obs

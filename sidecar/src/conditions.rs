@@ -9,8 +9,9 @@ pub const FALSE_AFTER: u32 = 3;
 /// Good windows in a row before it turns True again.
 pub const TRUE_AFTER: u32 = 5;
 
-/// What one window measured.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// What one window measured (the evidence behind the verdicts, in /report).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Window {
     /// Seconds of the window the event loop was stalled.
     pub stalled_seconds: f64,

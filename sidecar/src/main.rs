@@ -31,6 +31,8 @@ struct AppState {
     resolv: Arc<Mutex<resolv::ResolvConf>>,
     expansions: Arc<Vec<report::SearchExpansion>>,
     lookups: Arc<Mutex<Vec<Lookup>>>,
+    /// The last evaluated window: the evidence behind the conditions.
+    last_window: Arc<Mutex<Option<apiworkload_sidecar::conditions::Window>>>,
 }
 
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
@@ -57,6 +59,7 @@ async fn report_json(State(s): State<AppState>) -> impl IntoResponse {
         "dns": *s.expansions,
         "lastLookups": lookups,
         "conditions": s.conditions.lock().map(|c| serde_json::to_value(&*c).unwrap_or_default()).unwrap_or_default(),
+        "lastWindow": s.last_window.lock().map(|w| serde_json::to_value(&*w).unwrap_or_default()).unwrap_or_default(),
     }))
 }
 
@@ -283,6 +286,9 @@ async fn evaluate_conditions(config: Config, state: AppState, writer: Option<Pod
         };
         acc.window_seconds = config.window.as_secs_f64();
         let window = acc.finish(config.stall_threshold.as_secs_f64());
+        if let Ok(mut last) = state.last_window.lock() {
+            *last = Some(window.clone());
+        }
         let snapshot = {
             let Ok(mut conditions) = state.conditions.lock() else {
                 return;
@@ -332,6 +338,7 @@ async fn main() -> anyhow::Result<()> {
         resolv: Arc::new(Mutex::new(conf)),
         expansions: Arc::new(expansions),
         lookups: Arc::default(),
+        last_window: Arc::default(),
     };
     if !config.dns_probes.is_empty() {
         tokio::spawn(probe_dns(config.clone(), state.clone()));
