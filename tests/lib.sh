@@ -12,6 +12,8 @@ install_prerequisites() {
   command -v flock >/dev/null || missing+=(util-linux)
   # A real DNS server for the sidecar's DNS tests.
   command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || missing+=(dnsmasq-base)
+  # Prometheus and promtool: the dashboards' queries and the alert rules are tested with them.
+  command -v promtool >/dev/null || missing+=(prometheus)
   if [ ${#missing[@]} -gt 0 ]; then
     say "installing ${missing[*]} (apt)"
     if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null

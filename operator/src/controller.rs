@@ -73,6 +73,7 @@ pub enum Error {
 impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
+            Error::Kube(kube::Error::Api(e)) if e.code == 403 => "Forbidden",
             Error::Kube(_) => "Kube",
             Error::Serialization(_) => "Serialization",
             Error::ChildConflict { .. } => "ChildConflict",
@@ -192,7 +193,11 @@ where
             Ok(true)
         }
         (None, Some(_)) => {
-            api.delete(&name, &DeleteParams::background()).await?;
+            match api.delete(&name, &DeleteParams::background()).await {
+                // Already gone (deleted meanwhile): nothing left to do.
+                Err(kube::Error::Api(e)) if e.code == 404 => return Ok(false),
+                result => result?,
+            };
             ctx.metrics.count_write(kind);
             Ok(true)
         }
@@ -384,6 +389,7 @@ pub async fn reconcile(aw: Arc<ApiWorkload>, ctx: Arc<Context>) -> Result<Action
         && let Ok(mut failures) = ctx.failures.lock()
     {
         failures.remove(&ObjectRef::from(aw.as_ref()));
+        ctx.metrics.backoff_workloads.set(failures.len() as i64);
     }
     result.map(|_| Action::requeue(RESYNC))
 }
@@ -461,6 +467,8 @@ async fn reconcile_inner(aw: &ApiWorkload, ctx: &Context) -> Result<&'static str
         .get_opt(&name)
         .await?;
     let (ready, replicas) = ready_condition(deployment.as_ref(), aw.spec.scaling.min_replicas);
+    ctx.metrics
+        .set_workload_ready(&ns, &name, ready.status == "True");
     desired_conditions.insert(0, ready);
     status.replicas = Some(replicas);
     if aw.spec.diagnostics.enabled {
@@ -489,7 +497,12 @@ async fn reconcile_inner(aw: &ApiWorkload, ctx: &Context) -> Result<&'static str
         let api = Api::<ApiWorkload>::namespaced(ctx.client.clone(), &ns);
         // The cached object can predate our own last status write (a reconcile queued by
         // a pod event): confirm against the server before writing the same status twice.
-        let fresh = api.get_status(&name).await?;
+        let fresh = match api.get_status(&name).await {
+            Ok(fresh) => fresh,
+            // Deleted while we reconciled: garbage collection takes the children.
+            Err(kube::Error::Api(e)) if e.code == 404 => return Ok("noop"),
+            Err(e) => return Err(e.into()),
+        };
         if fresh.status.as_ref() != Some(&status) {
             let patch = json!({"apiVersion": ApiWorkload::api_version(&()), "kind": ApiWorkload::kind(&()), "status": status});
             api.patch_status(
@@ -547,7 +560,9 @@ pub fn error_policy(aw: Arc<ApiWorkload>, err: &Error, ctx: Arc<Context>) -> Act
         .map(|mut f| {
             let n = f.entry(ObjectRef::from(aw.as_ref())).or_insert(0);
             *n = n.saturating_add(1);
-            *n
+            let n = *n;
+            ctx.metrics.backoff_workloads.set(f.len() as i64);
+            n
         })
         .unwrap_or(1);
     let delay = match err {
@@ -572,30 +587,45 @@ pub async fn run(ctx: Arc<Context>) {
     ));
 
     let labelled = watcher::Config::default().labels(WORKLOAD_LABEL);
-    Controller::new(
+    let controller = Controller::new(
         Api::<ApiWorkload>::all(client.clone()),
         watcher::Config::default(),
-    )
-    .owns(Api::<Deployment>::all(client.clone()), labelled.clone())
-    .owns(Api::<Service>::all(client.clone()), labelled.clone())
-    .owns(
-        Api::<PodDisruptionBudget>::all(client.clone()),
-        labelled.clone(),
-    )
-    .owns(
-        Api::<HorizontalPodAutoscaler>::all(client.clone()),
-        labelled.clone(),
-    )
-    // Sidecar conditions live on pods: map a pod to its workload by label.
-    .watches(Api::<Pod>::all(client.clone()), labelled, |pod: Pod| {
-        let name = pod.labels().get(WORKLOAD_LABEL)?.clone();
-        Some(ObjectRef::<ApiWorkload>::new(&name).within(&pod.namespace()?))
-    })
-    .reconcile_all_on(refresh_rx)
-    .shutdown_on_signal()
-    .run(reconcile, error_policy, ctx)
-    .for_each(|_| futures::future::ready(()))
-    .await;
+    );
+    // Deleted workloads leave no per-workload series behind (no finalizer tells us).
+    let store = controller.store();
+    let metrics = ctx.metrics.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(30));
+        loop {
+            every.tick().await;
+            metrics.prune_workloads(|ns, name| {
+                store
+                    .get(&ObjectRef::<ApiWorkload>::new(name).within(ns))
+                    .is_some()
+            });
+        }
+    });
+    controller
+        .owns(Api::<Deployment>::all(client.clone()), labelled.clone())
+        .owns(Api::<Service>::all(client.clone()), labelled.clone())
+        .owns(
+            Api::<PodDisruptionBudget>::all(client.clone()),
+            labelled.clone(),
+        )
+        .owns(
+            Api::<HorizontalPodAutoscaler>::all(client.clone()),
+            labelled.clone(),
+        )
+        // Sidecar conditions live on pods: map a pod to its workload by label.
+        .watches(Api::<Pod>::all(client.clone()), labelled, |pod: Pod| {
+            let name = pod.labels().get(WORKLOAD_LABEL)?.clone();
+            Some(ObjectRef::<ApiWorkload>::new(&name).within(&pod.namespace()?))
+        })
+        .reconcile_all_on(refresh_rx)
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| futures::future::ready(()))
+        .await;
     info!("controller stopped");
 }
 

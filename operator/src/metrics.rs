@@ -25,6 +25,13 @@ pub struct ErrorLabels {
     pub error: String,
 }
 
+/// One ApiWorkload (not `namespace`: scrapes already carry the operator pod's).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct WorkloadLabels {
+    pub workload_namespace: String,
+    pub workload: String,
+}
+
 /// Every metric the operator exports.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -36,6 +43,12 @@ pub struct Metrics {
     pub errors: Family<ErrorLabels, Counter>,
     /// 1 while this replica holds the leader lease (or leader election is off).
     pub leader: Gauge<i64, AtomicI64>,
+    /// ApiWorkloads whose last reconcile failed, waiting out their backoff.
+    pub backoff_workloads: Gauge<i64, AtomicI64>,
+    /// 1 when an ApiWorkload's Ready condition is True (for the ApiWorkloadNotReady alert).
+    workload_ready: Family<WorkloadLabels, Gauge>,
+    /// Which workloads have a `workload_ready` series, so deleted ones can be dropped.
+    workloads_seen: Arc<std::sync::Mutex<std::collections::BTreeSet<WorkloadLabels>>>,
     pub registry: Arc<Registry>,
 }
 
@@ -69,7 +82,52 @@ impl Default for Metrics {
             "Whether this replica is the active leader",
             leader.clone(),
         );
+        let backoff_workloads = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "backoff_workloads",
+            "ApiWorkloads whose last reconcile failed, retried with exponential backoff",
+            backoff_workloads.clone(),
+        );
+        // Every bounded label value exists from the start (at 0), so dashboards and
+        // alerts see a series, not "no data", before the first error.
+        for result in ["applied", "noop", "invalid", "error"] {
+            let _ = reconciles.get_or_create(&ResultLabels {
+                result: result.into(),
+            });
+        }
+        for error in [
+            "Forbidden",
+            "Kube",
+            "Serialization",
+            "ChildConflict",
+            "NoNamespace",
+        ] {
+            let _ = errors.get_or_create(&ErrorLabels {
+                error: error.into(),
+            });
+        }
+        let workload_ready = Family::<WorkloadLabels, Gauge>::default();
+        registry.register(
+            "workload_ready",
+            "1 when the ApiWorkload's Ready condition is True, 0 otherwise",
+            workload_ready.clone(),
+        );
+        for kind in [
+            "ServiceAccount",
+            "RoleBinding",
+            "Service",
+            "Deployment",
+            "PodDisruptionBudget",
+            "HorizontalPodAutoscaler",
+            "ScaledObject",
+            "status",
+        ] {
+            let _ = writes.get_or_create(&KindLabels { kind: kind.into() });
+        }
         Metrics {
+            workload_ready,
+            workloads_seen: Arc::default(),
+            backoff_workloads,
             reconciles,
             reconcile_duration,
             writes,
@@ -88,6 +146,32 @@ impl Metrics {
                 result: result.into(),
             })
             .inc();
+    }
+
+    pub fn set_workload_ready(&self, namespace: &str, name: &str, ready: bool) {
+        let labels = WorkloadLabels {
+            workload_namespace: namespace.into(),
+            workload: name.into(),
+        };
+        self.workload_ready
+            .get_or_create(&labels)
+            .set(i64::from(ready));
+        if let Ok(mut seen) = self.workloads_seen.lock() {
+            seen.insert(labels);
+        }
+    }
+
+    /// Drops the series of workloads that no longer exist (`exists` says which do).
+    pub fn prune_workloads(&self, exists: impl Fn(&str, &str) -> bool) {
+        if let Ok(mut seen) = self.workloads_seen.lock() {
+            seen.retain(|l| {
+                let keep = exists(&l.workload_namespace, &l.workload);
+                if !keep {
+                    self.workload_ready.remove(l);
+                }
+                keep
+            });
+        }
     }
 
     pub fn count_write(&self, kind: &str) {

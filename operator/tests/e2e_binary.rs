@@ -2,93 +2,17 @@
 //! and leader election between two replicas. Its own test binary (its own operators).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "support/process.rs"]
+mod process;
 mod support;
 
-use std::{
-    io::{Read, Write},
-    net::TcpStream,
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use apiworkload_e2e::{Cluster, TestNamespace, install_crds, poll_until, wait_until};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
+use process::Operator;
 use support::*;
-
-/// A running operator process; SIGKILLed on drop if the test did not stop it.
-struct Operator {
-    child: Child,
-    port: u16,
-}
-
-impl Operator {
-    fn start(cluster: &Cluster, identity: &str, leader_elect: bool, lease_ns: &str) -> Operator {
-        let port = apiworkload_e2e::free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_apiworkload-operator"))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(leader_elect.then_some("--leader-elect"))
-            .env("KUBECONFIG", &cluster.kubeconfig)
-            .env("POD_NAME", identity)
-            .env("POD_NAMESPACE", lease_ns)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        Operator { child, port }
-    }
-
-    /// GET a path on the admin server: (status code, body).
-    fn get(&self, path: &str) -> Option<(u16, String)> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-        )
-        .ok()?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).ok()?;
-        let code = out.split_whitespace().nth(1)?.parse().ok()?;
-        Some((
-            code,
-            out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string(),
-        ))
-    }
-
-    fn metric(&self, name: &str) -> Option<f64> {
-        let (_, body) = self.get("/metrics")?;
-        body.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-    }
-
-    /// SIGTERM and wait for a clean exit.
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the operator did not stop within 15 s of SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Operator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 #[tokio::test]
 async fn binary_serves_admin_endpoints_reconciles_and_stops_on_sigterm() {

@@ -56,7 +56,8 @@ pub struct Observations {
     pub stalls: Vec<Stall>,
     /// Per connection: when its outstanding probe was sent.
     pub inflight_since: Vec<Option<Instant>>,
-    /// Latency of every completed probe, in seconds (bounded to the last 4096).
+    /// Latency of completed probes not yet moved into the metrics, in seconds (bounded
+    /// to the last 4096).
     pub latencies: Vec<f64>,
     /// Time during which some worker was stalled (overlaps counted once).
     pub stalled_seconds_union: f64,

@@ -340,6 +340,7 @@ async fn main() -> anyhow::Result<()> {
         lookups: Arc::default(),
         last_window: Arc::default(),
     };
+    state.metrics.set_app_workers(config.workers);
     if !config.dns_probes.is_empty() {
         tokio::spawn(probe_dns(config.clone(), state.clone()));
     }

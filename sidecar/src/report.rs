@@ -120,6 +120,8 @@ pub struct Metrics {
     heartbeat_workers: Gauge,
     socket_source: Family<SourceLabels, Gauge>,
     timer_lag: Histogram,
+    app_workers: Gauge,
+    canary_duration: Histogram,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -353,7 +355,35 @@ impl Metrics {
             Unit::Seconds,
             timer_lag.clone(),
         );
+        let app_workers = Gauge::default();
+        registry.register(
+            "app_workers",
+            "Worker processes the app was started with (--workers, from the operator's sizing)",
+            app_workers.clone(),
+        );
+        // Both stall sources exist from the start (at 0): dashboards show 0, not no data.
+        for source in ["canary", "heartbeat"] {
+            let labels = SourceLabels {
+                source: source.into(),
+            };
+            let _ = stall_duration.get_or_create(&labels);
+            let _ = stalled_seconds.get_or_create(&labels);
+        }
+        let canary_duration = Histogram::new(exponential_buckets(0.001, 2.5, 12));
+        registry.register_with_unit(
+            "canary_request_duration",
+            "Latency of canary requests to the app's probe path (small requests queued behind big ones show here)",
+            Unit::Seconds,
+            canary_duration.clone(),
+        );
+        for result in ["ok", "error"] {
+            let _ = condition_writes.get_or_create(&ResultLabels {
+                result: result.into(),
+            });
+        }
         Metrics {
+            canary_duration,
+            app_workers,
             timer_lag,
             socket_source,
             heartbeat_workers,
@@ -431,6 +461,9 @@ impl Metrics {
                 .get_or_create(&source)
                 .observe(stall.seconds);
         }
+        for latency in obs.latencies.drain(..) {
+            self.canary_duration.observe(latency);
+        }
         let stalled = (obs.stalled_seconds_union - seen.stalled_seconds).max(0.0);
         self.stalled_seconds.get_or_create(&source).inc_by(stalled);
         self.canary_probes
@@ -448,6 +481,10 @@ impl Metrics {
                 .unwrap_or(0.0),
         );
         stalled
+    }
+
+    pub fn set_app_workers(&self, workers: u32) {
+        self.app_workers.set(i64::from(workers));
     }
 
     pub fn record_timer_lag(&self, lag: std::time::Duration) {

@@ -61,47 +61,19 @@ fn install_sidecar_policy(cluster: &Cluster) {
 }
 
 /// A kubeconfig holding only a token bound to `pod` (as the kubelet would project it).
-fn pod_kubeconfig(cluster: &Cluster, ns: &str, account: &str, pod: &Pod, dir: &Path) -> PathBuf {
-    let (ok, token, err) = cluster.kubectl(&[
-        "create",
-        "token",
-        account,
-        "-n",
+fn pod_kubeconfig(cluster: &Cluster, ns: &str, account: &str, pod: &Pod) -> PathBuf {
+    cluster.token_kubeconfig(
         ns,
-        "--bound-object-kind=Pod",
-        &format!(
-            "--bound-object-name={}",
-            pod.metadata.name.as_ref().unwrap()
-        ),
-        &format!("--bound-object-uid={}", pod.metadata.uid.as_ref().unwrap()),
-        "--duration=10m",
-    ]);
-    assert!(ok, "kubectl create token: {err}");
-    let field = |path: &str| {
-        let (ok, out, err) = cluster.kubectl(&[
-            "config",
-            "view",
-            "--raw",
-            "--minify",
-            "--flatten",
-            "-o",
-            &format!("jsonpath={{.clusters[0].cluster.{path}}}"),
-        ]);
-        assert!(ok, "{err}");
-        out
-    };
-    let kubeconfig = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority-data: {}\nusers:\n- name: sidecar\n  user:\n    token: {}\ncontexts:\n- name: sidecar\n  context: {{cluster: c, user: sidecar, namespace: {ns}}}\ncurrent-context: sidecar\n",
-        field("server"),
-        field("certificate-authority-data"),
-        token.trim()
-    );
-    let path = dir.join(format!(
-        "sidecar-{}.kubeconfig",
-        apiworkload_e2e::unique_suffix()
-    ));
-    std::fs::write(&path, kubeconfig).unwrap();
-    path
+        account,
+        &[
+            "--bound-object-kind=Pod",
+            &format!(
+                "--bound-object-name={}",
+                pod.metadata.name.as_ref().unwrap()
+            ),
+            &format!("--bound-object-uid={}", pod.metadata.uid.as_ref().unwrap()),
+        ],
+    )
 }
 
 async fn client_from(kubeconfig: &Path) -> Client {
@@ -174,8 +146,7 @@ async fn sidecar_writes_its_own_pods_conditions_and_the_operator_rolls_them_up()
         "pods run as the workload's own ServiceAccount"
     );
 
-    let dir = std::env::temp_dir();
-    let kubeconfig = pod_kubeconfig(cluster, &ns.name, name, mine, &dir);
+    let kubeconfig = pod_kubeconfig(cluster, &ns.name, name, mine);
     let sidecar_creds: Api<Pod> = Api::namespaced(client_from(&kubeconfig).await, &ns.name);
     let strategic = |v: &serde_json::Value| Patch::Strategic(v.clone());
 

@@ -1,5 +1,6 @@
-//! Writes the ApiWorkload CRD generated from the Rust types to `crds/` (and prints it
-//! with `--stdout`). A unit test fails when the committed file drifts from the types.
+//! Writes the ApiWorkload CRD generated from the Rust types to `crds/` and to the Helm
+//! chart's `crds/` (and prints it with `--stdout`). A unit test fails when either
+//! committed copy drifts from the types.
 
 use std::path::PathBuf;
 
@@ -9,10 +10,13 @@ fn main() -> std::io::Result<()> {
         print!("{yaml}");
         return Ok(());
     }
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../crds");
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join("apiworkloads.apiworkload.io.yaml");
-    std::fs::write(&path, yaml)?;
-    eprintln!("wrote {}", path.display());
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    for dir in ["crds", "charts/apiworkload-operator/crds"] {
+        let dir = root.join(dir);
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join("apiworkloads.apiworkload.io.yaml");
+        std::fs::write(&path, &yaml)?;
+        eprintln!("wrote {}", path.display());
+    }
     Ok(())
 }

@@ -91,6 +91,38 @@ impl Cluster {
         cmd
     }
 
+    /// A kubeconfig file that authenticates only with a token of ServiceAccount
+    /// `namespace/account` (`kubectl create token`, with `token_args` such as
+    /// `--bound-object-kind=Pod`), for tests of what those credentials may do.
+    pub fn token_kubeconfig(&self, namespace: &str, account: &str, token_args: &[&str]) -> PathBuf {
+        let mut args = vec!["create", "token", account, "-n", namespace, "--duration=1h"];
+        args.extend_from_slice(token_args);
+        let (ok, token, err) = self.kubectl(&args);
+        assert!(ok, "kubectl create token {namespace}/{account}: {err}");
+        let field = |path: &str| {
+            let (ok, out, err) = self.kubectl(&[
+                "config",
+                "view",
+                "--raw",
+                "--minify",
+                "--flatten",
+                "-o",
+                &format!("jsonpath={{.clusters[0].cluster.{path}}}"),
+            ]);
+            assert!(ok, "{err}");
+            out
+        };
+        let kubeconfig = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {}\n    certificate-authority-data: {}\nusers:\n- name: {account}\n  user:\n    token: {}\ncontexts:\n- name: {account}\n  context: {{cluster: c, user: {account}, namespace: {namespace}}}\ncurrent-context: {account}\n",
+            field("server"),
+            field("certificate-authority-data"),
+            token.trim()
+        );
+        let path = std::env::temp_dir().join(format!("{account}-{}.kubeconfig", unique_suffix()));
+        std::fs::write(&path, kubeconfig).expect("write kubeconfig");
+        path
+    }
+
     /// Runs kubectl and returns (success, stdout, stderr).
     pub fn kubectl(&self, args: &[&str]) -> (bool, String, String) {
         let out = self
