@@ -62,6 +62,7 @@ async fn measure(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_per_call_churns_and_a_shared_client_does_not() {
+    let _turn = BINARY_TESTS.lock().await;
     let upstream = tokio::task::spawn_blocking(PythonServer::uvicorn)
         .await
         .unwrap();
@@ -160,8 +161,8 @@ fn app_with_keep_alive(seconds: u32) -> PythonServer {
     )
 }
 
-/// Tests of the binary see every socket of this machine's namespace under one UID (a
-/// pod would show only its own): they take turns so one's traffic is not the other's.
+/// The tests here see every socket of this machine's namespace under one UID (a pod
+/// would show only its own): they take turns so one's traffic is not the other's.
 static BINARY_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn sidecar_for(app: &PythonServer) -> Sidecar {
