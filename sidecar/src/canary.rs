@@ -156,7 +156,14 @@ async fn probe(
         if close { "Connection: close\r\n" } else { "" }
     );
     reader.get_mut().write_all(request.as_bytes()).await?;
-    if !read_response(reader).await? || close {
+    let keep_alive = read_response(reader).await?;
+    if close {
+        // Let the server close first (it does after `Connection: close`): the TIME_WAIT
+        // stays on its side, and no closed connection of ours looks like the app's.
+        let mut rest = [0u8; 64];
+        while reader.read(&mut rest).await? > 0 {}
+    }
+    if !keep_alive || close {
         *conn = None;
     }
     Ok(())

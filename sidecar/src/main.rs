@@ -226,21 +226,7 @@ async fn watch_connections(config: Config, metrics: Arc<Metrics>, window: Arc<Mu
                 .flatten()
                 .collect()
         });
-        let rows: Vec<_> = rows
-            .into_iter()
-            // TIME_WAIT rows belong to no process (the kernel shows UID 0): kept whatever
-            // their UID, or no closed connection would ever count.
-            .filter(|r| r.state == procnet::TcpState::TimeWait || is_app(r.uid))
-            .collect();
-        let (to_app, from_app): (Vec<_>, Vec<_>) =
-            rows.into_iter().partition(|r| r.local.port() == port);
-        // Not outbound: the app's own clients' side, and anything on the sidecar's port
-        // (scrapes of /metrics).
-        let own = config.listen.port();
-        let from_app: Vec<_> = from_app
-            .into_iter()
-            .filter(|r| r.remote.port() != port && r.local.port() != own && r.remote.port() != own)
-            .collect();
+        let (to_app, from_app) = sockets::classify(rows, port, config.listen.port(), is_app);
         let now = std::time::Instant::now();
         if std::mem::take(&mut first) {
             outbound.baseline(&from_app, now);

@@ -22,6 +22,36 @@ use crate::procnet::{TcpRow, TcpState};
 /// A connection's identity.
 pub type ConnKey = (SocketAddr, SocketAddr);
 
+/// Splits one sample of the namespace's sockets into the server side of connections to
+/// the app's port (inbound) and the app's own outgoing connections (outbound).
+///
+/// - Only sockets of the app's UID count (`is_app`), except TIME_WAIT rows, which
+///   belong to no process (the kernel shows UID 0).
+/// - Outbound excludes the server side of any listening port in the namespace (another
+///   server's accepted connections are not the app's calls), the client side of
+///   connections to the app itself, and the sidecar's own port.
+pub fn classify(
+    rows: Vec<TcpRow>,
+    app_port: u16,
+    sidecar_port: u16,
+    is_app: impl Fn(u32) -> bool,
+) -> (Vec<TcpRow>, Vec<TcpRow>) {
+    let listening: HashSet<u16> = rows
+        .iter()
+        .filter(|r| r.state == TcpState::Listen)
+        .map(|r| r.local.port())
+        .collect();
+    rows.into_iter()
+        .filter(|r| r.state == TcpState::TimeWait || is_app(r.uid))
+        .filter(|r| {
+            r.local.port() == app_port
+                || !(listening.contains(&r.local.port())
+                    || r.remote.port() == app_port
+                    || r.remote.port() == sidecar_port)
+        })
+        .partition(|r| r.local.port() == app_port)
+}
+
 /// Counts outbound connections opened and closed across samples.
 #[derive(Debug, Default)]
 pub struct OutboundTracker {
@@ -304,6 +334,33 @@ mod tests {
         assert_eq!((t.opened, t.closed_locally), (1, 0));
         t.observe(&[], t0);
         assert_eq!(t.lifetimes.len(), 1, "its end is recorded");
+    }
+
+    #[test]
+    fn classify_keeps_the_apps_calls_and_its_servers_side() {
+        let uid = |r: TcpRow, uid| TcpRow { uid, ..r };
+        let rows = vec![
+            // The app's listener and an accepted connection: inbound.
+            uid(row(8000, 0, TcpState::Listen), 10001),
+            uid(row(8000, 50001, TcpState::Established), 10001),
+            // The app calling an upstream: outbound, also once closed (TIME_WAIT, UID 0).
+            uid(row(40001, 5432, TcpState::Established), 10001),
+            uid(row(40002, 5432, TcpState::TimeWait), 0),
+            // Another server in the pod (say a metrics port) and its closed connection.
+            uid(row(9090, 0, TcpState::Listen), 10001),
+            uid(row(9090, 50002, TcpState::TimeWait), 0),
+            // The sidecar's own sockets (another UID) and a client scraping it.
+            uid(row(40003, 8000, TcpState::Established), 10002),
+            uid(row(40004, 9901, TcpState::Established), 10001),
+        ];
+        let (inbound, outbound) = classify(rows, 8000, 9901, |u| u == 10001);
+        let ports = |rows: &[TcpRow]| -> Vec<(u16, u16)> {
+            rows.iter()
+                .map(|r| (r.local.port(), r.remote.port()))
+                .collect()
+        };
+        assert_eq!(ports(&inbound), [(8000, 0), (8000, 50001)]);
+        assert_eq!(ports(&outbound), [(40001, 5432), (40002, 5432)]);
     }
 
     fn server_row(remote: u16, state: TcpState, rx_queue: u32) -> TcpRow {

@@ -249,7 +249,12 @@ async fn keep_alive_shorter_than_the_clients_idle_time_is_keep_alive_churn() {
     );
     let (closes, condition) = long_report;
     assert_eq!(closes, Some(0.0));
-    assert_eq!(condition, Some((true, "Reused".to_string())));
+    assert_eq!(
+        condition,
+        Some((true, "Reused".to_string())),
+        "{:#}",
+        long_sidecar.report().unwrap_or_default()
+    );
 }
 
 /// The real binary, sampling the socket table itself: an app calling an upstream with a

@@ -27,12 +27,30 @@ impl Sidecar {
 
     /// As [`Sidecar::start`], with environment variables. No credentials leak in from
     /// the test's own environment: KUBECONFIG is only what `env` says.
+    ///
+    /// As in a pod, it runs under a different UID from the app when the tests run as
+    /// root (the apps and clients here run as the test's user): then its own sockets,
+    /// and those of other tests' sidecars, are not mistaken for the app's.
     pub fn start_with_env(args: &[String], env: &[(&str, &str)]) -> Sidecar {
         let port = apiworkload_e2e::free_port();
         // Sidecars of concurrent tests must not share the default heartbeat port.
         let heartbeat = (!args.iter().any(|a| a.starts_with("--heartbeat-listen")))
             .then_some("--heartbeat-listen=127.0.0.1:0");
-        let child = Command::new(env!("CARGO_BIN_EXE_apiworkload-sidecar"))
+        let mut command = match sidecar_uid() {
+            Some(uid) => {
+                let mut c = Command::new("setpriv");
+                c.args([
+                    &format!("--reuid={uid}"),
+                    &format!("--regid={uid}"),
+                    "--clear-groups",
+                    "--",
+                ])
+                .arg(runnable_binary());
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_apiworkload-sidecar")),
+        };
+        let child = command
             .arg(format!("--listen=127.0.0.1:{port}"))
             .args(args)
             .args(heartbeat)
@@ -53,6 +71,37 @@ impl Sidecar {
             addr: ([127, 0, 0, 1], port).into(),
         }
     }
+}
+
+/// The UID the sidecar runs as, when the tests can switch (as root): nobody's.
+pub fn sidecar_uid() -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    (std::fs::metadata("/proc/self").ok()?.uid() == 0).then_some(65534)
+}
+
+/// A copy of the binary another UID can execute (the target dir may sit under a
+/// private home directory).
+fn runnable_binary() -> &'static std::path::Path {
+    static COPY: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    COPY.get_or_init(|| {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let built = std::fs::metadata(env!("CARGO_BIN_EXE_apiworkload-sidecar")).unwrap();
+        // One copy per build, reused by every test binary of the run.
+        let dir =
+            std::env::temp_dir().join(format!("apiw-sidecar-{}-{}", built.len(), built.mtime()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = dir.join("apiworkload-sidecar");
+        if !path.exists() {
+            // Copied under a temporary name, then renamed: concurrent test binaries
+            // never run a half-written file.
+            let partial = dir.join(format!("partial-{}", std::process::id()));
+            std::fs::copy(env!("CARGO_BIN_EXE_apiworkload-sidecar"), &partial).unwrap();
+            std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o755)).unwrap();
+            std::fs::rename(&partial, &path).unwrap();
+        }
+        path
+    })
 }
 
 impl Sidecar {
