@@ -339,7 +339,7 @@ fn ready_condition(
     (cond, replicas)
 }
 
-fn status_from_plan(plan: &Plan, rendered: &Rendered) -> ApiWorkloadStatus {
+pub fn status_from_plan(plan: &Plan, rendered: &Rendered) -> ApiWorkloadStatus {
     let s = &plan.sizing;
     let b = &plan.budget;
     ApiWorkloadStatus {

@@ -69,6 +69,21 @@ async fn namespace(client: &Client, prefix: &str) -> anyhow::Result<String> {
     Ok(name)
 }
 
+/// Deletes a namespace and waits until it is gone (its workloads too), so the next
+/// phase starts from an empty cluster.
+async fn delete_namespace(client: &Client, name: &str) -> anyhow::Result<()> {
+    let api = Api::<Namespace>::all(client.clone());
+    api.delete(name, &DeleteParams::background()).await?;
+    let start = Instant::now();
+    while api.get_opt(name).await?.is_some() {
+        if start.elapsed() > Duration::from_secs(600) {
+            bail!("namespace {name} still terminating after 10 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(())
+}
+
 async fn create_all(
     client: &Client,
     ns: &str,
@@ -151,9 +166,12 @@ async fn write_children(client: Client, aw: ApiWorkload) -> anyhow::Result<()> {
             hpa.as_ref()
         );
     }
+    // The effective values the operator reports, for this generation.
+    let mut status = apiworkload_operator::controller::status_from_plan(&plan, &r);
+    status.observed_generation = aw.metadata.generation;
     let status = json!({
         "apiVersion": ApiWorkload::api_version(&()), "kind": ApiWorkload::kind(&()),
-        "status": {"observedGeneration": aw.metadata.generation, "workers": {"count": plan.sizing.workers}},
+        "status": status,
     });
     Api::<ApiWorkload>::namespaced(client.clone(), &ns)
         .patch_status(&name, &pp, &Patch::Apply(&status))
@@ -251,6 +269,15 @@ async fn main() -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || install_crds(&c)).await?;
     let client = cluster.client().await;
     let limit = Duration::from_secs(900);
+    let leftovers = Api::<ApiWorkload>::all(client.clone())
+        .list(&ListParams::default())
+        .await?;
+    if !leftovers.items.is_empty() {
+        bail!(
+            "{} ApiWorkloads already exist (a terminating namespace?): the figures need an empty cluster",
+            leftovers.items.len()
+        );
+    }
 
     // 1a. Baseline: no operator running; the client writes everything itself.
     eprintln!(
@@ -269,9 +296,8 @@ async fn main() -> anyhow::Result<()> {
     }
     wait_converged(&client, &base_ns, n, limit).await?;
     let baseline = t.elapsed();
-    Api::<Namespace>::all(client.clone())
-        .delete(&base_ns, &DeleteParams::background())
-        .await?;
+    eprintln!("removing the baseline's objects…");
+    delete_namespace(&client, &base_ns).await?;
 
     // 1b. The operator.
     let op = Arc::new(Operator::start(&cluster)?);
@@ -283,6 +309,29 @@ async fn main() -> anyhow::Result<()> {
     wait_converged(&client, &ns, n, limit).await?;
     let operator = t.elapsed();
     let rss_n = settled_rss(&op);
+    let throughput = |d: Duration| n as f64 / d.as_secs_f64();
+    println!(
+        "operator at scale ({} cores, real kube-apiserver + etcd on loopback, parallelism {parallelism})",
+        std::thread::available_parallelism()
+            .map(|p| p.get())
+            .unwrap_or(0)
+    );
+    println!(
+        "  convergence of {n} created at once   operator {:6.1} s ({:5.1}/s)   baseline {:6.1} s ({:5.1}/s)   ratio {:.2}   target ≥ 0.8",
+        operator.as_secs_f64(),
+        throughput(operator),
+        baseline.as_secs_f64(),
+        throughput(baseline),
+        throughput(operator) / throughput(baseline)
+    );
+    println!(
+        "  RSS   0 workloads                   {:6.1} MiB",
+        mib(rss_0)
+    );
+    println!(
+        "  RSS {n:5} workloads                  {:6.1} MiB   target ≤ 64 at 1,000",
+        mib(rss_n)
+    );
 
     // 3a. 100 edits on the idle operator: edit → Deployment carries the new workers.
     eprintln!("100 edits…");
@@ -324,8 +373,32 @@ async fn main() -> anyhow::Result<()> {
     }
 
     // 3b. A full resync of the unchanged workloads: a restarted operator writes nothing.
+    // First every rollout the edits started has finished (Ready again), so nothing
+    // changes under the resync.
     eprintln!("full resync (restart) of {n} unchanged workloads…");
     wait_converged(&client, &ns, n, limit).await?;
+    let t = Instant::now();
+    loop {
+        let list = aws.list(&ListParams::default()).await?;
+        let ready = list
+            .items
+            .iter()
+            .filter(|a| {
+                a.status.as_ref().is_some_and(|s| {
+                    s.conditions
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.status == "True")
+                })
+            })
+            .count();
+        if ready == n {
+            break;
+        }
+        if t.elapsed() > limit {
+            bail!("only {ready} of {n} workloads Ready before the resync");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     drop(op);
     let op = Operator::start(&cluster)?;
     let t = Instant::now();
@@ -336,46 +409,14 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let resync_reconciles = op.sum("apiworkload_operator_reconciles_total");
     let resync_writes = op.sum("apiworkload_operator_writes_total");
+    let writes_by_kind: Vec<String> = op
+        .metrics()
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("apiworkload_operator_writes_total{") && !l.ends_with(" 0"))
+        .map(str::to_string)
+        .collect();
 
-    // 2. Memory at the maximum.
-    eprintln!("scaling to {max} ApiWorkloads…");
-    create_all(&client, &ns, n..max, parallelism).await?;
-    wait_converged(&client, &ns, max, limit * 2).await?;
-    let rss_max = settled_rss(&op);
-    drop(op);
-    Api::<Namespace>::all(client.clone())
-        .delete(&ns, &DeleteParams::background())
-        .await?;
-
-    let throughput = |d: Duration| n as f64 / d.as_secs_f64();
-    let ratio = throughput(operator) / throughput(baseline);
-    println!(
-        "operator at scale ({} cores, real kube-apiserver + etcd on loopback, parallelism {parallelism})",
-        std::thread::available_parallelism()
-            .map(|p| p.get())
-            .unwrap_or(0)
-    );
-    println!(
-        "  convergence of {n} created at once   operator {:6.1} s ({:5.1}/s)   baseline {:6.1} s ({:5.1}/s)   ratio {:.2}   target ≥ 0.8",
-        operator.as_secs_f64(),
-        throughput(operator),
-        baseline.as_secs_f64(),
-        throughput(baseline),
-        ratio
-    );
-    println!(
-        "  RSS   0 workloads                   {:6.1} MiB",
-        mib(rss_0)
-    );
-    println!(
-        "  RSS {n:5} workloads                  {:6.1} MiB   target ≤ 64 at 1,000",
-        mib(rss_n)
-    );
-    println!(
-        "  RSS {max:5} workloads                  {:6.1} MiB   slope {:.1} KiB per workload",
-        mib(rss_max),
-        (rss_max as f64 - rss_0 as f64) / max as f64 / 1024.0
-    );
     println!(
         "  edit → Deployment, 100 edits         p50 {:5.1} ms   p99 {:5.1} ms   max {:5.1} ms   target p99 ≤ 200",
         quantile(&latencies, 0.5),
@@ -383,8 +424,23 @@ async fn main() -> anyhow::Result<()> {
         quantile(&latencies, 1.0)
     );
     println!(
-        "  full resync of {n} unchanged        {resync_reconciles:.0} reconciles in {:.1} s, {resync_writes:.0} writes   target 0",
+        "  full resync of {n} unchanged        {resync_reconciles:.0} reconciles in {:.1} s, {resync_writes:.0} writes   target 0 {writes_by_kind:?}",
         resync.as_secs_f64()
     );
+
+    // 2. Memory at the maximum.
+    if max > n {
+        eprintln!("scaling to {max} ApiWorkloads…");
+        create_all(&client, &ns, n..max, parallelism).await?;
+        wait_converged(&client, &ns, max, limit * 2).await?;
+        let rss_max = settled_rss(&op);
+        println!(
+            "  RSS {max:5} workloads                  {:6.1} MiB   slope {:.1} KiB per workload",
+            mib(rss_max),
+            (rss_max as f64 - rss_0 as f64) / max as f64 / 1024.0
+        );
+    }
+    drop(op);
+    delete_namespace(&client, &ns).await?;
     Ok(())
 }
