@@ -284,22 +284,7 @@ async fn the_operator_runs_on_the_charts_service_account() {
         &system.name,
     );
 
-    let ns = TestNamespace::create(
-        &admin,
-        "chart-example",
-        &[("pod-security.kubernetes.io/enforce", "restricted")],
-    )
-    .await;
-    let (ok, out, err) = cluster.kubectl(&[
-        "apply",
-        "-n",
-        &ns.name,
-        "-f",
-        &repo_root()
-            .join("examples/search-api.yaml")
-            .to_string_lossy(),
-    ]);
-    assert!(ok, "{out}{err}");
+    let ns = apply_example(cluster, &admin, "chart-example").await;
     let name = "search-api";
     let d = wait_deployment(&admin, &ns.name, name, "the Deployment", |_| true).await;
     assert_eq!(flag(&app_command(&d), "--workers").as_deref(), Some("5"));

@@ -71,22 +71,7 @@ async fn example_workload_converges_in_a_restricted_namespace() {
     let cluster = Cluster::shared();
     let _ = shared_operator();
     let client = cluster.client().await;
-    let ns = TestNamespace::create(
-        &client,
-        "example",
-        &[("pod-security.kubernetes.io/enforce", "restricted")],
-    )
-    .await;
-    let (ok, out, err) = cluster.kubectl(&[
-        "apply",
-        "-n",
-        &ns.name,
-        "-f",
-        &repo_root()
-            .join("examples/search-api.yaml")
-            .to_string_lossy(),
-    ]);
-    assert!(ok, "{out}{err}");
+    let ns = apply_example(cluster, &client, "example").await;
 
     let d = wait_deployment(&client, &ns.name, "search-api", "the Deployment", |_| true).await;
     let command = app_command(&d);

@@ -145,20 +145,7 @@ fn pooled_client_with_idle(
 }
 
 fn app_with_keep_alive(seconds: u32) -> PythonServer {
-    PythonServer::start(
-        "uvicorn",
-        &[
-            "app:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "{port}",
-            "--log-level",
-            "warning",
-            "--timeout-keep-alive",
-            &seconds.to_string(),
-        ],
-    )
+    PythonServer::uvicorn_with(&["--timeout-keep-alive", &seconds.to_string()], &[])
 }
 
 /// The tests here see every socket of this machine's namespace under one UID (a pod

@@ -7,7 +7,7 @@ use std::{os::unix::fs::MetadataExt, time::Duration};
 
 mod support;
 
-use apiworkload_e2e::{PythonServer, http_get_blocking};
+use apiworkload_e2e::{PythonServer, free_udp_addr, http_get_blocking};
 use support::{Dnsmasq, Sidecar};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -20,31 +20,12 @@ async fn a_healthy_app_keeps_every_condition_true_for_60_seconds() {
         "search ns.svc.cluster.local svc.cluster.local cluster.local\nnameserver 127.0.0.1\noptions ndots:2 timeout:2 attempts:1\n",
     )
     .unwrap();
-    let heartbeat = format!(
-        "127.0.0.1:{}",
-        std::net::UdpSocket::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    );
+    let heartbeat = free_udp_addr();
     let (upstream, app) = tokio::task::spawn_blocking({
         let heartbeat = heartbeat.clone();
         move || {
             let upstream = PythonServer::uvicorn();
-            let app = PythonServer::start_with_env(
-                "uvicorn",
-                &[
-                    "app:app",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    "{port}",
-                    "--log-level",
-                    "warning",
-                ],
-                &[("APIW_HEARTBEAT_ADDR", &heartbeat)],
-            );
+            let app = PythonServer::uvicorn_with_heartbeat(&heartbeat);
             (upstream, app)
         }
     })

@@ -10,7 +10,7 @@ use std::{
 
 mod support;
 
-use apiworkload_e2e::{PythonServer, http_get_blocking};
+use apiworkload_e2e::{PythonServer, free_udp_addr, http_get_blocking};
 use apiworkload_sidecar::canary::{self, CanaryConfig, Observations};
 use support::Sidecar;
 
@@ -230,12 +230,7 @@ async fn event_loop_condition_turns_false_during_a_long_stall_and_recovers() {
 /// (the canary's persistent connections may all sit on one worker: it is reported too).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_two_gunicorn_workers_a_stall_in_either_is_seen() {
-    let heartbeat_port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let heartbeat = format!("127.0.0.1:{heartbeat_port}");
+    let heartbeat = free_udp_addr();
     let server = tokio::task::spawn_blocking({
         let heartbeat = heartbeat.clone();
         move || {
@@ -308,29 +303,10 @@ async fn with_two_gunicorn_workers_a_stall_in_either_is_seen() {
 /// request sent meanwhile waits about as long.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn small_requests_queued_behind_a_25_mb_json_parse_are_detected() {
-    let heartbeat_port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let heartbeat = format!("127.0.0.1:{heartbeat_port}");
+    let heartbeat = free_udp_addr();
     let server = tokio::task::spawn_blocking({
         let heartbeat = heartbeat.clone();
-        move || {
-            PythonServer::start_with_env(
-                "uvicorn",
-                &[
-                    "app:app",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    "{port}",
-                    "--log-level",
-                    "warning",
-                ],
-                &[("APIW_HEARTBEAT_ADDR", &heartbeat)],
-            )
-        }
+        move || PythonServer::uvicorn_with_heartbeat(&heartbeat)
     })
     .await
     .unwrap();

@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use apiworkload_e2e::{Cluster, install_crds, poll_until};
+use apiworkload_e2e::{Cluster, TestNamespace, install_crds, poll_until, repo_root};
 use apiworkload_operator::{
     api::ApiWorkload,
     controller::{self, Context},
@@ -73,6 +73,22 @@ pub async fn create_workload(
         .create(&PostParams::default(), &aw)
         .await
         .unwrap()
+}
+
+/// The README's example (`examples/search-api.yaml`) in a new namespace that enforces
+/// Pod Security "restricted"; returns the namespace.
+pub async fn apply_example(cluster: &Cluster, client: &Client, prefix: &str) -> TestNamespace {
+    let ns = TestNamespace::create(
+        client,
+        prefix,
+        &[("pod-security.kubernetes.io/enforce", "restricted")],
+    )
+    .await;
+    let example = repo_root().join("examples/search-api.yaml");
+    let (ok, out, err) =
+        cluster.kubectl(&["apply", "-n", &ns.name, "-f", &example.to_string_lossy()]);
+    assert!(ok, "{out}{err}");
+    ns
 }
 
 /// A small valid spec with a fixed replica count (no HPA needed to reach Ready).

@@ -189,6 +189,16 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A loopback UDP address (`127.0.0.1:port`) free right now, e.g. for the heartbeat.
+pub fn free_udp_addr() -> String {
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
 /// A short suffix unique within this machine for the test run.
 pub fn unique_suffix() -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
@@ -301,18 +311,27 @@ pub struct PythonServer {
 impl PythonServer {
     /// tests/apps' FastAPI app on plain uvicorn (one process), loopback only.
     pub fn uvicorn() -> PythonServer {
-        PythonServer::start(
-            "uvicorn",
-            &[
-                "app:app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "{port}",
-                "--log-level",
-                "warning",
-            ],
-        )
+        PythonServer::uvicorn_with(&[], &[])
+    }
+
+    /// As [`PythonServer::uvicorn`], with extra uvicorn flags and environment.
+    pub fn uvicorn_with(extra_args: &[&str], env: &[(&str, &str)]) -> PythonServer {
+        let mut args = vec![
+            "app:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "{port}",
+            "--log-level",
+            "warning",
+        ];
+        args.extend_from_slice(extra_args);
+        PythonServer::start_with_env("uvicorn", &args, env)
+    }
+
+    /// uvicorn whose app sends the sidecar's opt-in heartbeat to `addr`.
+    pub fn uvicorn_with_heartbeat(addr: &str) -> PythonServer {
+        PythonServer::uvicorn_with(&[], &[("APIW_HEARTBEAT_ADDR", addr)])
     }
 
     /// Runs `tool` (e.g. `uvicorn`) from the venv in tests/apps with `args`, where `{port}`

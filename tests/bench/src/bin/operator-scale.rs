@@ -18,7 +18,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use apiworkload_bench::{mib, quantile, rss_bytes, target_dir};
+use apiworkload_bench::{arg, mib, quantile, rss_bytes, target_dir};
 use apiworkload_e2e::{Cluster, free_port, http_get_blocking, install_crds, unique_suffix};
 use apiworkload_operator::{
     api::ApiWorkload,
@@ -32,15 +32,6 @@ use kube::{
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
 };
 use serde_json::json;
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn workload(i: usize) -> anyhow::Result<ApiWorkload> {
     Ok(serde_json::from_value(json!({

@@ -15,18 +15,9 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use apiworkload_bench::{cpu_time, mib, quantile, raise_fd_limit, rss_bytes, target_dir};
-use apiworkload_e2e::{PythonServer, free_port, http_get_blocking};
+use apiworkload_bench::{arg, cpu_time, mib, quantile, raise_fd_limit, rss_bytes, target_dir};
+use apiworkload_e2e::{PythonServer, free_port, free_udp_addr, http_get_blocking};
 use apiworkload_sidecar::{procnet, sockdiag::SockDiag};
-
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Median and p99 of `runs` timings of `poll`, in milliseconds.
 fn time_polls(runs: usize, mut poll: impl FnMut() -> usize) -> (f64, f64, usize) {
@@ -68,9 +59,9 @@ fn bucket_quantile(buckets: &[(f64, f64)], q: f64) -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
-    let seconds = arg("--seconds", 60);
+    let seconds = arg("--seconds", 60) as u64;
     // 500 loopback connections: 1,000 established sockets (both ends are in the namespace).
-    let connections = arg("--connections", 500) as usize;
+    let connections = arg("--connections", 500);
     raise_fd_limit();
 
     eprintln!("building the sidecar (release)…");
@@ -91,20 +82,8 @@ fn main() -> anyhow::Result<()> {
         held.push(listener.accept()?.0);
     }
 
-    let heartbeat = format!("127.0.0.1:{}", free_port());
-    let app = PythonServer::start_with_env(
-        "uvicorn",
-        &[
-            "app:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "{port}",
-            "--log-level",
-            "warning",
-        ],
-        &[("APIW_HEARTBEAT_ADDR", &heartbeat)],
-    );
+    let heartbeat = free_udp_addr();
+    let app = PythonServer::uvicorn_with_heartbeat(&heartbeat);
     let listen = format!("127.0.0.1:{}", free_port());
     let mut sidecar = Command::new(&binary)
         .args([
