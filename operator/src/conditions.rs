@@ -68,6 +68,20 @@ pub fn merge(
     (list, transitions)
 }
 
+/// Whether a transition deserves an Event. A flip of a known condition always does; a
+/// condition set for the first time only when it reports a problem, since a new
+/// workload's `ConfigConsistent=True` or `Ready=False (Pending)` tells nobody anything
+/// (and at a thousand workloads created at once, those Events are thousands of writes).
+pub fn worth_an_event(previous: &[Condition], transition: &Desired) -> bool {
+    const PROGRESS: [&str; 2] = ["Pending", "RollingOut"];
+    match transition.status {
+        "Unknown" => false,
+        _ if previous.iter().any(|c| c.type_ == transition.type_) => true,
+        "False" => !PROGRESS.contains(&transition.reason.as_str()),
+        _ => false,
+    }
+}
+
 fn truncate(mut s: String, max: usize) -> String {
     if s.len() > max {
         let mut cut = max;
@@ -99,6 +113,28 @@ mod tests {
 
     fn t(s: &str) -> Time {
         Time(s.parse().unwrap())
+    }
+
+    #[test]
+    fn events_for_flips_and_for_problems_not_for_a_new_workloads_progress() {
+        let d = |type_, ok, reason: &str| Desired::new(type_, ok, reason, "");
+        let (known, _) = merge(
+            &[],
+            vec![d("Ready", Some(false), "Pending")],
+            Some(1),
+            t("2026-01-01T00:00:00Z"),
+        );
+        let worth = |prev: &[Condition], x: Desired| worth_an_event(prev, &x);
+        assert!(!worth(&[], d("Ready", Some(false), "Pending")));
+        assert!(!worth(&[], d("Ready", Some(false), "RollingOut")));
+        assert!(!worth(&[], d("ConfigConsistent", Some(true), "BudgetsFit")));
+        assert!(!worth(&[], d("DNSHealthy", None, "AwaitingSidecarReports")));
+        assert!(worth(
+            &[],
+            d("ConfigConsistent", Some(false), "KeepAliveTooShort")
+        ));
+        assert!(worth(&known, d("Ready", Some(true), "Available")));
+        assert!(!worth(&known, d("Ready", None, "Unknown")));
     }
 
     #[test]

@@ -26,11 +26,12 @@ use kube::{
     api::{
         ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
     },
+    core::PartialObjectMeta,
     runtime::{
-        Controller,
+        Controller, WatchStreamExt,
         controller::Action,
         events::{Event, EventType, Recorder, Reporter},
-        reflector::ObjectRef,
+        reflector::{self, ObjectRef},
         watcher,
     },
 };
@@ -41,6 +42,7 @@ use tracing::{info, warn};
 use crate::{
     api::{ApiWorkload, ApiWorkloadStatus, EffectiveTimings, ReplicasStatus, WorkersStatus},
     applied::{stamp, up_to_date},
+    children::{ChildIndex, Key, PodReport, Readiness, track},
     conditions::{self, Desired},
     metrics::Metrics,
     plan::{Plan, plan},
@@ -93,6 +95,8 @@ pub struct Context {
     pub keda: Arc<AtomicBool>,
     /// How often to re-check whether KEDA is served.
     pub keda_refresh: Duration,
+    /// What the watches have seen of the children (see [`crate::children`]).
+    pub children: Arc<ChildIndex>,
     /// Consecutive failures per ApiWorkload, for exponential backoff.
     failures: std::sync::Mutex<std::collections::HashMap<ObjectRef<ApiWorkload>, u32>>,
 }
@@ -122,6 +126,7 @@ impl Context {
             render,
             keda: Arc::new(AtomicBool::new(false)),
             keda_refresh: Duration::from_secs(30),
+            children: Default::default(),
             failures: Default::default(),
         })
     }
@@ -153,55 +158,73 @@ fn controlled_by(
 }
 
 /// Applies `desired` when the live object differs, deletes an owned leftover when
-/// nothing is desired. Returns whether it wrote.
+/// nothing is desired. Reads the live object only when the index cannot vouch for it.
+/// Returns whether it wrote, and the live object when it read or wrote one.
 async fn sync_child<K>(
     api: &Api<K>,
     aw: &ApiWorkload,
     kind: &'static str,
     desired: Option<&K>,
     ctx: &Context,
-) -> Result<bool, Error>
+) -> Result<(bool, Option<K>), Error>
 where
     K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
 {
     let name = aw.name_any();
-    let live = api.get_opt(&name).await?;
-    if let Some(live) = &live
-        && !controlled_by(
-            live.meta().owner_references.as_deref().unwrap_or_default(),
-            aw,
-        )
-    {
-        return Err(Error::ChildConflict { kind, name });
-    }
-    match (desired, live) {
-        (Some(desired), live) => {
-            let mut desired_json = serde_json::to_value(desired)?;
-            stamp(&mut desired_json);
-            if let Some(live) = live
-                && up_to_date(&desired_json, &serde_json::to_value(&live)?)
-            {
-                return Ok(false);
-            }
-            api.patch(
-                &name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&desired_json),
-            )
-            .await?;
-            ctx.metrics.count_write(kind);
-            Ok(true)
+    let key = Key::new(kind, &aw.namespace().ok_or(Error::NoNamespace)?, &name);
+    let owner = aw.uid().unwrap_or_default();
+    let desired = match desired {
+        Some(d) => {
+            let mut json = serde_json::to_value(d)?;
+            let print = stamp(&mut json);
+            Some((json, print))
         }
-        (None, Some(_)) => {
+        None => None,
+    };
+    let index = &ctx.children;
+    let known = match &desired {
+        Some((_, print)) => index.unchanged(&key, print, &owner),
+        // Nothing labelled of that name, or someone else's: nothing to delete.
+        None => index.absent(&key) || index.controller(&key).is_some_and(|c| c != owner),
+    };
+    if known {
+        return Ok((false, None));
+    }
+    let live = api.get_opt(&name).await?;
+    let owned = live
+        .as_ref()
+        .map(|l| controlled_by(l.meta().owner_references.as_deref().unwrap_or_default(), aw));
+    match (desired, live) {
+        (Some(_), Some(_)) if owned == Some(false) => Err(Error::ChildConflict { kind, name }),
+        (Some((json, print)), live) => {
+            if let Some(live) = live
+                && up_to_date(&json, &serde_json::to_value(&live)?)
+            {
+                index.verified(key, print, live.meta());
+                return Ok((false, Some(live)));
+            }
+            let applied = api
+                .patch(
+                    &name,
+                    &PatchParams::apply(FIELD_MANAGER).force(),
+                    &Patch::Apply(&json),
+                )
+                .await?;
+            ctx.metrics.count_write(kind);
+            index.verified(key, print, applied.meta());
+            Ok((true, Some(applied)))
+        }
+        (None, Some(_)) if owned == Some(true) => {
             match api.delete(&name, &DeleteParams::background()).await {
                 // Already gone (deleted meanwhile): nothing left to do.
-                Err(kube::Error::Api(e)) if e.code == 404 => return Ok(false),
+                Err(kube::Error::Api(e)) if e.code == 404 => return Ok((false, None)),
                 result => result?,
             };
             ctx.metrics.count_write(kind);
-            Ok(true)
+            Ok((true, None))
         }
-        (None, None) => Ok(false),
+        // Absent, or another owner's object of that name: leave it alone.
+        (None, _) => Ok((false, None)),
     }
 }
 
@@ -210,7 +233,7 @@ async fn apply_children(
     rendered: &Rendered,
     keda: bool,
     ctx: &Context,
-) -> Result<bool, Error> {
+) -> Result<(bool, Option<Deployment>), Error> {
     let ns = aw.namespace().ok_or(Error::NoNamespace)?;
     let client = &ctx.client;
     let hpa = match &rendered.autoscaler {
@@ -226,7 +249,8 @@ async fn apply_children(
         account,
         ctx,
     )
-    .await?;
+    .await?
+    .0;
     wrote |= sync_child(
         &Api::<RoleBinding>::namespaced(client.clone(), &ns),
         aw,
@@ -234,7 +258,8 @@ async fn apply_children(
         binding,
         ctx,
     )
-    .await?;
+    .await?
+    .0;
     // Service next: endpoints exist by the time pods turn ready.
     wrote |= sync_child(
         &Api::<Service>::namespaced(client.clone(), &ns),
@@ -243,8 +268,9 @@ async fn apply_children(
         Some(&rendered.service),
         ctx,
     )
-    .await?;
-    wrote |= sync_child(
+    .await?
+    .0;
+    let deployment = sync_child(
         &Api::<Deployment>::namespaced(client.clone(), &ns),
         aw,
         "Deployment",
@@ -252,6 +278,7 @@ async fn apply_children(
         ctx,
     )
     .await?;
+    wrote |= deployment.0;
     wrote |= sync_child(
         &Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns),
         aw,
@@ -259,7 +286,8 @@ async fn apply_children(
         rendered.pdb.as_ref(),
         ctx,
     )
-    .await?;
+    .await?
+    .0;
     wrote |= sync_child(
         &Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), &ns),
         aw,
@@ -267,7 +295,8 @@ async fn apply_children(
         hpa,
         ctx,
     )
-    .await?;
+    .await?
+    .0;
     if keda {
         // Exactly one autoscaler: a ScaledObject replaces the HPA and vice versa.
         let api =
@@ -278,18 +307,17 @@ async fn apply_children(
             }
             _ => None,
         };
-        wrote |= sync_child(&api, aw, "ScaledObject", desired.as_ref(), ctx).await?;
+        wrote |= sync_child(&api, aw, "ScaledObject", desired.as_ref(), ctx)
+            .await?
+            .0;
     }
-    Ok(wrote)
+    Ok((wrote, deployment.1))
 }
 
 /// Ready when the Deployment's pods are updated and ready, counting at least
 /// `min_replicas` (right after creation an HPA has not yet raised the Deployment's
 /// default of 1 to its minimum).
-fn ready_condition(
-    deployment: Option<&Deployment>,
-    min_replicas: i32,
-) -> (Desired, ReplicasStatus) {
+fn ready_condition(deployment: Option<Readiness>, min_replicas: i32) -> (Desired, ReplicasStatus) {
     let Some(d) = deployment else {
         return (
             Desired::new(
@@ -301,16 +329,9 @@ fn ready_condition(
             ReplicasStatus::default(),
         );
     };
-    let desired = d
-        .spec
-        .as_ref()
-        .and_then(|s| s.replicas)
-        .unwrap_or(1)
-        .max(min_replicas);
-    let status = d.status.clone().unwrap_or_default();
-    let ready = status.ready_replicas.unwrap_or(0);
-    let updated = status.updated_replicas.unwrap_or(0);
-    let current = status.observed_generation >= d.metadata.generation;
+    let desired = d.replicas.unwrap_or(1).max(min_replicas);
+    let (ready, updated) = (d.ready, d.updated);
+    let current = d.observed_generation >= d.generation;
     let replicas = ReplicasStatus { desired, ready };
     let cond = if current && ready >= desired && updated >= desired && desired > 0 {
         Desired::new(
@@ -409,6 +430,7 @@ async fn reconcile_inner(aw: &ApiWorkload, ctx: &Context) -> Result<&'static str
     let mut desired_conditions = Vec::new();
     let mut wrote = false;
     let mut invalid = false;
+    let mut deployment = None;
     let mut status = match plan(&aw.spec) {
         Ok(plan) => {
             let rctx = RenderContext {
@@ -416,7 +438,9 @@ async fn reconcile_inner(aw: &ApiWorkload, ctx: &Context) -> Result<&'static str
                 ..ctx.render.clone()
             };
             let rendered = render(aw, &plan, &rctx);
-            wrote |= apply_children(aw, &rendered, keda, ctx).await?;
+            let (wrote_children, applied) = apply_children(aw, &rendered, keda, ctx).await?;
+            wrote |= wrote_children;
+            deployment = applied;
             let note = &rendered.autoscaling_note;
             desired_conditions.push(Desired::new(
                 "ConfigConsistent",
@@ -463,19 +487,34 @@ async fn reconcile_inner(aw: &ApiWorkload, ctx: &Context) -> Result<&'static str
         }
     };
 
-    let deployment = Api::<Deployment>::namespaced(ctx.client.clone(), &ns)
-        .get_opt(&name)
-        .await?;
-    let (ready, replicas) = ready_condition(deployment.as_ref(), aw.spec.scaling.min_replicas);
+    // Readiness as fresh as we know it: what we just read or wrote, else what the
+    // Deployment watch saw, else (before it synced) a read.
+    let readiness = match (deployment, ctx.children.readiness(&ns, &name)) {
+        (Some(d), _) => Some(Readiness::of(&d)),
+        (None, Some(seen)) => seen,
+        (None, None) => Api::<Deployment>::namespaced(ctx.client.clone(), &ns)
+            .get_opt(&name)
+            .await?
+            .as_ref()
+            .map(Readiness::of),
+    };
+    let (ready, replicas) = ready_condition(readiness, aw.spec.scaling.min_replicas);
     ctx.metrics
         .set_workload_ready(&ns, &name, ready.status == "True");
     desired_conditions.insert(0, ready);
     status.replicas = Some(replicas);
     if aw.spec.diagnostics.enabled {
-        let pods = Api::<Pod>::namespaced(ctx.client.clone(), &ns)
-            .list(&ListParams::default().labels(&format!("{WORKLOAD_LABEL}={name}")))
-            .await?;
-        desired_conditions.extend(roll_up(&pods.items));
+        let pods = match ctx.children.pods(&ns, &name) {
+            Some(pods) => pods,
+            None => Api::<Pod>::namespaced(ctx.client.clone(), &ns)
+                .list(&ListParams::default().labels(&format!("{WORKLOAD_LABEL}={name}")))
+                .await?
+                .items
+                .iter()
+                .map(PodReport::of)
+                .collect(),
+        };
+        desired_conditions.extend(roll_up(&pods));
     }
 
     let previous = aw
@@ -515,7 +554,11 @@ async fn reconcile_inner(aw: &ApiWorkload, ctx: &Context) -> Result<&'static str
             wrote = true;
         }
     }
-    publish_transitions(aw, &transitions, ctx).await;
+    let worth: Vec<Desired> = transitions
+        .into_iter()
+        .filter(|t| conditions::worth_an_event(previous, t))
+        .collect();
+    publish_transitions(aw, &worth, ctx).await;
 
     Ok(if invalid {
         "invalid"
@@ -528,7 +571,7 @@ async fn reconcile_inner(aw: &ApiWorkload, ctx: &Context) -> Result<&'static str
 }
 
 async fn publish_transitions(aw: &ApiWorkload, transitions: &[Desired], ctx: &Context) {
-    for t in transitions.iter().filter(|t| t.status != "Unknown") {
+    for t in transitions {
         let event = Event {
             type_: if t.status == "True" {
                 EventType::Normal
@@ -586,11 +629,20 @@ pub async fn run(ctx: Arc<Context>) {
         refresh_tx,
     ));
 
-    let labelled = watcher::Config::default().labels(WORKLOAD_LABEL);
-    let controller = Controller::new(
+    // The workloads, cached without managedFields (a third of each object, never read).
+    // Our own status writes come back as watch events; only a change to the spec or
+    // metadata needs a reconcile (the periodic resync covers the rest).
+    let (reader, writer) = reflector::store();
+    let workloads = watcher(
         Api::<ApiWorkload>::all(client.clone()),
         watcher::Config::default(),
-    );
+    )
+    .default_backoff()
+    .modify(|aw| aw.managed_fields_mut().clear())
+    .reflect(writer)
+    .applied_objects()
+    .predicate_filter(spec_or_metadata, Default::default());
+    let controller = Controller::for_stream(workloads, reader);
     // Deleted workloads leave no per-workload series behind (no finalizer tells us).
     let store = controller.store();
     let metrics = ctx.metrics.clone();
@@ -605,28 +657,63 @@ pub async fn run(ctx: Arc<Context>) {
             });
         }
     });
+    // Children: Deployments whole (for readiness, kept as counts), the rest as
+    // metadata only, pods for the sidecars' conditions. Each feeds the index and
+    // triggers a reconcile only when a fact it reads changed.
+    let labelled = watcher::Config::default().labels(WORKLOAD_LABEL);
+    let index = ctx.children.clone();
+    let watch = |cfg: &watcher::Config| cfg.clone();
+    macro_rules! metadata_child {
+        ($t:ty) => {
+            track(
+                watcher(
+                    Api::<PartialObjectMeta<$t>>::all(client.clone()),
+                    watch(&labelled),
+                )
+                .default_backoff(),
+                index.clone(),
+            )
+        };
+    }
     controller
-        .owns(Api::<Deployment>::all(client.clone()), labelled.clone())
-        .owns(Api::<Service>::all(client.clone()), labelled.clone())
-        .owns(
-            Api::<PodDisruptionBudget>::all(client.clone()),
-            labelled.clone(),
-        )
-        .owns(
-            Api::<HorizontalPodAutoscaler>::all(client.clone()),
-            labelled.clone(),
-        )
+        .owns_stream(track(
+            watcher(Api::<Deployment>::all(client.clone()), watch(&labelled)).default_backoff(),
+            index.clone(),
+        ))
+        .owns_stream(metadata_child!(Service))
+        .owns_stream(metadata_child!(PodDisruptionBudget))
+        .owns_stream(metadata_child!(HorizontalPodAutoscaler))
+        .owns_stream(metadata_child!(ServiceAccount))
+        .owns_stream(metadata_child!(RoleBinding))
         // Sidecar conditions live on pods: map a pod to its workload by label.
-        .watches(Api::<Pod>::all(client.clone()), labelled, |pod: Pod| {
-            let name = pod.labels().get(WORKLOAD_LABEL)?.clone();
-            Some(ObjectRef::<ApiWorkload>::new(&name).within(&pod.namespace()?))
-        })
+        .watches_stream(
+            track(
+                watcher(Api::<Pod>::all(client.clone()), watch(&labelled)).default_backoff(),
+                index.clone(),
+            ),
+            |pod: Pod| {
+                let name = pod.labels().get(WORKLOAD_LABEL)?.clone();
+                Some(ObjectRef::<ApiWorkload>::new(&name).within(&pod.namespace()?))
+            },
+        )
         .reconcile_all_on(refresh_rx)
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|_| futures::future::ready(()))
         .await;
     info!("controller stopped");
+}
+
+/// What a reconcile of a workload depends on, of the workload itself: its spec
+/// (generation), labels and annotations. Status is ours.
+fn spec_or_metadata(aw: &ApiWorkload) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    aw.metadata.generation.hash(&mut h);
+    aw.metadata.labels.hash(&mut h);
+    aw.metadata.annotations.hash(&mut h);
+    aw.metadata.deletion_timestamp.is_some().hash(&mut h);
+    Some(h.finish())
 }
 
 /// Re-checks whether KEDA is served; a change re-renders every workload.
@@ -671,13 +758,13 @@ mod tests {
 
     #[test]
     fn ready_counts_at_least_the_minimum() {
-        let (c, r) = ready_condition(Some(&deployment(1, 1)), 2);
+        let (c, r) = ready_condition(Some(Readiness::of(&deployment(1, 1))), 2);
         assert_eq!(
             (c.status, r.desired),
             ("False", 2),
             "the HPA has not raised replicas yet"
         );
-        let (c, _) = ready_condition(Some(&deployment(2, 2)), 2);
+        let (c, _) = ready_condition(Some(Readiness::of(&deployment(2, 2))), 2);
         assert_eq!((c.status, c.reason.as_str()), ("True", "Available"));
         let (c, _) = ready_condition(None, 2);
         assert_eq!(c.reason, "Pending");

@@ -2,10 +2,7 @@
 //! ApiWorkload conditions: any pod reporting False makes the roll-up False, with how many
 //! pods and which; pods that report nothing yet leave it Unknown.
 
-use k8s_openapi::api::core::v1::Pod;
-use kube::ResourceExt;
-
-use crate::{api::GROUP, conditions::Desired};
+use crate::{children::PodReport, conditions::Desired};
 
 /// Condition types the sidecar writes on its pod (without the `apiworkload.io/` prefix).
 pub const SIDECAR_CONDITIONS: [&str; 3] =
@@ -15,28 +12,20 @@ pub const SIDECAR_CONDITIONS: [&str; 3] =
 const NAMES_SHOWN: usize = 3;
 
 /// One roll-up condition per sidecar condition type.
-pub fn roll_up(pods: &[Pod]) -> Vec<Desired> {
-    let live: Vec<&Pod> = pods
-        .iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .collect();
+pub fn roll_up(pods: &[PodReport]) -> Vec<Desired> {
+    let live: Vec<&PodReport> = pods.iter().filter(|p| !p.deleting).collect();
     SIDECAR_CONDITIONS
         .into_iter()
         .map(|type_| {
-            let pod_type = format!("{GROUP}/{type_}");
             let mut failing = Vec::new();
             let mut reasons = Vec::new();
             let mut reporting = 0;
             for pod in &live {
-                let cond = pod
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.conditions.as_ref())
-                    .and_then(|cs| cs.iter().find(|c| c.type_ == pod_type));
+                let cond = pod.conditions.iter().find(|c| c.type_ == type_);
                 let Some(cond) = cond else { continue };
                 reporting += 1;
                 if cond.status == "False" {
-                    failing.push(pod.name_any());
+                    failing.push(pod.name.clone());
                     if let Some(r) = &cond.reason
                         && !reasons.contains(r) {
                             reasons.push(r.clone());
@@ -73,19 +62,21 @@ fn static_type(t: &str) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::api::core::v1::Pod;
     use serde_json::json;
 
     use super::*;
 
-    fn pod(name: &str, conds: &[(&str, &str, &str)]) -> Pod {
+    fn pod(name: &str, conds: &[(&str, &str, &str)]) -> PodReport {
         let conditions: Vec<_> = conds
             .iter()
             .map(|(t, s, r)| json!({"type": format!("apiworkload.io/{t}"), "status": s, "reason": r}))
             .collect();
-        serde_json::from_value(
+        let pod: Pod = serde_json::from_value(
             json!({"metadata": {"name": name}, "status": {"conditions": conditions}}),
         )
-        .unwrap()
+        .unwrap();
+        PodReport::of(&pod)
     }
 
     #[test]

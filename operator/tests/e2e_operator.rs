@@ -415,3 +415,72 @@ async fn removing_a_setting_removes_it_from_the_deployment() {
     )
     .await;
 }
+
+/// Drift made by someone else is undone: an edited Deployment, a relabelled Service and
+/// a deleted RoleBinding all come back as rendered. (The operator keeps only a few facts
+/// per child and skips reads when they are unchanged; each of these changes them.)
+#[tokio::test]
+async fn drift_in_children_is_corrected() {
+    let cluster = Cluster::shared();
+    let _ = shared_operator();
+    let client = cluster.client().await;
+    let ns = TestNamespace::create(&client, "drift", &[]).await;
+    create_workload(&client, &ns.name, "api", fixed_spec(1)).await;
+    wait_deployment(&client, &ns.name, "api", "rendered", |_| true).await;
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
+    let bindings: Api<k8s_openapi::api::rbac::v1::RoleBinding> =
+        Api::namespaced(client.clone(), &ns.name);
+    wait_until(Duration::from_secs(30), "the RoleBinding", || async {
+        bindings.get_opt("api").await.unwrap().is_some()
+    })
+    .await;
+
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client.clone(), &ns.name);
+    let rendered = app_container(&deployments.get("api").await.unwrap()).clone();
+    deployments
+        .patch(
+            "api",
+            &PatchParams::default(),
+            &Patch::Strategic(json!({"spec": {"template": {"spec": {"containers": [
+                {"name": rendered.name, "image": "registry.example/edited:1"}]}}}})),
+        )
+        .await
+        .unwrap();
+    services
+        .patch(
+            "api",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"app.kubernetes.io/name": "edited"}}})),
+        )
+        .await
+        .unwrap();
+    bindings
+        .delete("api", &DeleteParams::default())
+        .await
+        .unwrap();
+
+    wait_deployment(&client, &ns.name, "api", "the edit undone", |d| {
+        app_container(d).image == rendered.image
+    })
+    .await;
+    wait_until(
+        Duration::from_secs(30),
+        "the Service's label restored",
+        || async {
+            let s = services.get("api").await.unwrap();
+            s.metadata
+                .labels
+                .unwrap_or_default()
+                .get("app.kubernetes.io/name")
+                != Some(&"edited".to_string())
+        },
+    )
+    .await;
+    wait_until(
+        Duration::from_secs(30),
+        "the RoleBinding recreated",
+        || async { bindings.get_opt("api").await.unwrap().is_some() },
+    )
+    .await;
+}
