@@ -359,9 +359,15 @@ indexed_metadata!(
 
 /// Feeds a watch into the index and passes on only the objects whose indexed facts
 /// changed (or that were deleted), as reconcile triggers.
+///
+/// Watch errors are logged and dropped here: the watch retries on its own backoff. Passed
+/// on, they would reach the controller's trigger stream, whose one backoff pauses *every*
+/// watch after an error of any: after an API server restart, eight watches each failing
+/// a few times kept the others paused for minutes.
 pub fn track<K, S>(
     events: S,
     index: std::sync::Arc<ChildIndex>,
+    relists: prometheus_client::metrics::counter::Counter,
 ) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
 where
     K: Indexed + Send + 'static,
@@ -369,8 +375,12 @@ where
 {
     events.filter_map(move |event| {
         let trigger = match event {
-            Err(e) => Some(Err(e)),
+            Err(e) => {
+                tracing::warn!(kind = K::KIND, error = %e, "watch failed; retrying");
+                None
+            }
             Ok(Event::Init) => {
+                relists.inc();
                 index.observe(K::KIND, Event::Init);
                 None
             }
@@ -435,6 +445,7 @@ mod tests {
         let stream = track(
             futures::stream::iter(events.into_iter().map(Ok)),
             index.clone(),
+            Default::default(),
         );
         futures::executor::block_on(stream.collect::<Vec<_>>()).len()
     }

@@ -24,7 +24,8 @@ use k8s_openapi::{
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{
-        ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
+        ApiResource, DeleteParams, DynamicObject, GetParams, GroupVersionKind, ListParams, Patch,
+        PatchParams,
     },
     core::PartialObjectMeta,
     runtime::{
@@ -56,6 +57,12 @@ use crate::{
 pub const FIELD_MANAGER: &str = "apiworkload-operator";
 /// Periodic resync: catches drift in children nobody watches (ScaledObjects).
 pub const RESYNC: Duration = Duration::from_secs(300);
+
+/// Reconciles in flight at once. Unbounded, a thousand new workloads are a thousand
+/// concurrent reconciles: as many HTTP/1.1 connections (and TLS handshakes) to the API
+/// server, and their buffers all live at once. A bound keeps the operator's memory flat
+/// and the API server busy with writes rather than handshakes.
+pub const DEFAULT_CONCURRENCY: u16 = 16;
 
 /// Everything a reconcile can fail with; the variant name is the `error` metric label.
 #[derive(Debug, thiserror::Error)]
@@ -95,8 +102,12 @@ pub struct Context {
     pub keda: Arc<AtomicBool>,
     /// How often to re-check whether KEDA is served.
     pub keda_refresh: Duration,
+    /// Reconciles in flight at once (see [`DEFAULT_CONCURRENCY`]).
+    pub concurrency: u16,
     /// What the watches have seen of the children (see [`crate::children`]).
     pub children: Arc<ChildIndex>,
+    /// Hash of the status last written per ApiWorkload UID (pruned with the metrics).
+    status_written: std::sync::Mutex<std::collections::HashMap<String, u64>>,
     /// Consecutive failures per ApiWorkload, for exponential backoff.
     failures: std::sync::Mutex<std::collections::HashMap<ObjectRef<ApiWorkload>, u32>>,
 }
@@ -126,7 +137,9 @@ impl Context {
             render,
             keda: Arc::new(AtomicBool::new(false)),
             keda_refresh: Duration::from_secs(30),
+            concurrency: DEFAULT_CONCURRENCY,
             children: Default::default(),
+            status_written: Default::default(),
             failures: Default::default(),
         })
     }
@@ -190,7 +203,13 @@ where
     if known {
         return Ok((false, None));
     }
-    let live = api.get_opt(&name).await?;
+    // From the API server's watch cache (resourceVersion=0): no etcd read. A cache a
+    // moment behind at worst costs one redundant (idempotent) apply.
+    let live = match api.get_with(&name, &GetParams::any()).await {
+        Ok(live) => Some(live),
+        Err(kube::Error::Api(e)) if e.code == 404 => None,
+        Err(e) => return Err(e.into()),
+    };
     let owned = live
         .as_ref()
         .map(|l| controlled_by(l.meta().owner_references.as_deref().unwrap_or_default(), aw));
@@ -534,23 +553,44 @@ async fn reconcile_inner(aw: &ApiWorkload, ctx: &Context) -> Result<&'static str
 
     if aw.status.as_ref() != Some(&status) {
         let api = Api::<ApiWorkload>::namespaced(ctx.client.clone(), &ns);
-        // The cached object can predate our own last status write (a reconcile queued by
-        // a pod event): confirm against the server before writing the same status twice.
-        let fresh = match api.get_status(&name).await {
-            Ok(fresh) => fresh,
-            // Deleted while we reconciled: garbage collection takes the children.
-            Err(kube::Error::Api(e)) if e.code == 404 => return Ok("noop"),
-            Err(e) => return Err(e.into()),
+        let uid = aw.uid().unwrap_or_default();
+        let last_written = ctx
+            .status_written
+            .lock()
+            .ok()
+            .and_then(|w| w.get(&uid).copied());
+        // The cached object can predate our own last status write (its watch event not
+        // in yet): then confirm against the server before writing the same status twice.
+        let cache_behind =
+            last_written.is_some_and(|h| Some(h) != aw.status.as_ref().map(hash_status));
+        let current = if cache_behind {
+            match api.get_status(&name).await {
+                Ok(fresh) => fresh.status,
+                // Deleted while we reconciled: garbage collection takes the children.
+                Err(kube::Error::Api(e)) if e.code == 404 => return Ok("noop"),
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            aw.status.clone()
         };
-        if fresh.status.as_ref() != Some(&status) {
+        if current.as_ref() != Some(&status) {
             let patch = json!({"apiVersion": ApiWorkload::api_version(&()), "kind": ApiWorkload::kind(&()), "status": status});
-            api.patch_status(
-                &name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&patch),
-            )
-            .await?;
+            match api
+                .patch_status(
+                    &name,
+                    &PatchParams::apply(FIELD_MANAGER).force(),
+                    &Patch::Apply(&patch),
+                )
+                .await
+            {
+                // Deleted while we reconciled: garbage collection takes the children.
+                Err(kube::Error::Api(e)) if e.code == 404 => return Ok("noop"),
+                result => result?,
+            };
             ctx.metrics.count_write("status");
+            if let Ok(mut w) = ctx.status_written.lock() {
+                w.insert(uid, hash_status(&status));
+            }
             wrote = true;
         }
     }
@@ -568,6 +608,15 @@ async fn reconcile_inner(aw: &ApiWorkload, ctx: &Context) -> Result<&'static str
         ctx.metrics.noop_reconciles.inc();
         "noop"
     })
+}
+
+fn hash_status(status: &ApiWorkloadStatus) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    serde_json::to_string(status)
+        .unwrap_or_default()
+        .hash(&mut h);
+    h.finish()
 }
 
 async fn publish_transitions(aw: &ApiWorkload, transitions: &[Desired], ctx: &Context) {
@@ -632,6 +681,12 @@ pub async fn run(ctx: Arc<Context>) {
     // The workloads, cached without managedFields (a third of each object, never read).
     // Our own status writes come back as watch events; only a change to the spec or
     // metadata needs a reconcile (the periodic resync covers the rest).
+    let relists = |kind: &str| {
+        ctx.metrics
+            .watch_relists
+            .get_or_create(&crate::metrics::KindLabels { kind: kind.into() })
+            .clone()
+    };
     let (reader, writer) = reflector::store();
     let workloads = watcher(
         Api::<ApiWorkload>::all(client.clone()),
@@ -639,22 +694,43 @@ pub async fn run(ctx: Arc<Context>) {
     )
     .default_backoff()
     .modify(|aw| aw.managed_fields_mut().clear())
+    .inspect({
+        let relists = relists("ApiWorkload");
+        move |e| {
+            if matches!(e, Ok(watcher::Event::Init)) {
+                relists.inc();
+            }
+        }
+    })
     .reflect(writer)
     .applied_objects()
-    .predicate_filter(spec_or_metadata, Default::default());
-    let controller = Controller::for_stream(workloads, reader);
+    .predicate_filter(spec_or_metadata, Default::default())
+    // Retried by the watch's own backoff; see `children::track` for why not passed on.
+    .filter(|r| {
+        if let Err(e) = r {
+            warn!(kind = "ApiWorkload", error = %e, "watch failed; retrying");
+        }
+        futures::future::ready(r.is_ok())
+    });
+    let controller = Controller::for_stream(workloads, reader)
+        .with_config(kube::runtime::controller::Config::default().concurrency(ctx.concurrency));
     // Deleted workloads leave no per-workload series behind (no finalizer tells us).
     let store = controller.store();
-    let metrics = ctx.metrics.clone();
+    let pruned = ctx.clone();
     tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_secs(30));
         loop {
             every.tick().await;
-            metrics.prune_workloads(|ns, name| {
+            pruned.metrics.prune_workloads(|ns, name| {
                 store
                     .get(&ObjectRef::<ApiWorkload>::new(name).within(ns))
                     .is_some()
             });
+            let live: std::collections::HashSet<String> =
+                store.state().iter().filter_map(|aw| aw.uid()).collect();
+            if let Ok(mut w) = pruned.status_written.lock() {
+                w.retain(|uid, _| live.contains(uid));
+            }
         }
     });
     // Children: Deployments whole (for readiness, kept as counts), the rest as
@@ -672,6 +748,7 @@ pub async fn run(ctx: Arc<Context>) {
                 )
                 .default_backoff(),
                 index.clone(),
+                relists(stringify!($t)),
             )
         };
     }
@@ -679,6 +756,7 @@ pub async fn run(ctx: Arc<Context>) {
         .owns_stream(track(
             watcher(Api::<Deployment>::all(client.clone()), watch(&labelled)).default_backoff(),
             index.clone(),
+            relists("Deployment"),
         ))
         .owns_stream(metadata_child!(Service))
         .owns_stream(metadata_child!(PodDisruptionBudget))
@@ -690,6 +768,7 @@ pub async fn run(ctx: Arc<Context>) {
             track(
                 watcher(Api::<Pod>::all(client.clone()), watch(&labelled)).default_backoff(),
                 index.clone(),
+                relists("Pod"),
             ),
             |pod: Pod| {
                 let name = pod.labels().get(WORKLOAD_LABEL)?.clone();
@@ -699,7 +778,14 @@ pub async fn run(ctx: Arc<Context>) {
         .reconcile_all_on(refresh_rx)
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
-        .for_each(|_| futures::future::ready(()))
+        .for_each(|result| {
+            // Reconcile errors are logged by error_policy; a watch error is retried with
+            // backoff (a 410 Gone by a fresh list), but say so.
+            if let Err(kube::runtime::controller::Error::QueueError(e)) = result {
+                warn!(error = %e, "watch failed; retrying");
+            }
+            futures::future::ready(())
+        })
         .await;
     info!("controller stopped");
 }

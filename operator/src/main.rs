@@ -58,6 +58,9 @@ struct Args {
     /// Namespace of the leader Lease.
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     lease_namespace: String,
+    /// Reconciles in flight at once (each holds one connection to the API server).
+    #[arg(long, env = "APIW_CONCURRENCY", default_value_t = controller::DEFAULT_CONCURRENCY, value_parser = clap::value_parser!(u16).range(1..))]
+    concurrency: u16,
     /// Log format: text or json.
     #[arg(long, env = "APIW_LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -136,7 +139,10 @@ async fn main() -> anyhow::Result<()> {
         sidecar_cluster_role: args.sidecar_cluster_role,
         keda_available: false,
     };
-    let ctx = Context::new(client.clone(), metrics.clone(), render);
+    let mut ctx = Context::new(client.clone(), metrics.clone(), render);
+    if let Some(c) = Arc::get_mut(&mut ctx) {
+        c.concurrency = args.concurrency;
+    }
     // Standbys are ready too: readiness means "healthy", leadership is in the metric.
     admin.ready.store(true, Ordering::Relaxed);
 

@@ -41,6 +41,9 @@ pub struct Metrics {
     pub writes: Family<KindLabels, Counter>,
     pub noop_reconciles: Counter,
     pub errors: Family<ErrorLabels, Counter>,
+    /// Full lists per watched kind: one at start, one more after each watch that could
+    /// not resume (expired, `410 Gone`) or reconnect.
+    pub watch_relists: Family<KindLabels, Counter>,
     /// 1 while this replica holds the leader lease (or leader election is off).
     pub leader: Gauge<i64, AtomicI64>,
     /// ApiWorkloads whose last reconcile failed, waiting out their backoff.
@@ -76,6 +79,12 @@ impl Default for Metrics {
         );
         let errors = Family::<ErrorLabels, Counter>::default();
         registry.register("errors", "Reconcile errors by kind", errors.clone());
+        let watch_relists = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "watch_relists",
+            "Full lists per watched kind (start, then each watch that could not resume)",
+            watch_relists.clone(),
+        );
         let leader = Gauge::<i64, AtomicI64>::default();
         registry.register(
             "leader",
@@ -133,6 +142,7 @@ impl Default for Metrics {
             writes,
             noop_reconciles,
             errors,
+            watch_relists,
             leader,
             registry: Arc::new(registry),
         }

@@ -69,7 +69,7 @@ async fn a_standby_replica_takes_over_the_lease_when_the_leader_stops() {
     let mut a = Operator::start(cluster, "replica-a", true, &ns.name);
     let first = poll_until(Duration::from_secs(30), "a lease holder", holder).await;
     assert_eq!(first, "replica-a");
-    let b = Operator::start(cluster, "replica-b", true, &ns.name);
+    let mut b = Operator::start(cluster, "replica-b", true, &ns.name);
     wait_until(
         Duration::from_secs(30),
         "replica-b up as a standby",
@@ -98,5 +98,40 @@ async fn a_standby_replica_takes_over_the_lease_when_the_leader_stops() {
         || async { b.metric("apiworkload_operator_leader") == Some(1.0) },
     )
     .await;
-    eprintln!("takeover after {:?}", stopped.elapsed());
+    eprintln!("takeover after a clean stop: {:?}", stopped.elapsed());
+
+    // Now a crash: SIGKILL, no lease release. A third replica waits as a standby and
+    // reconciles nothing while replica-b holds the lease (no workload reconciled by two
+    // replicas at once), then takes over within 20 s of the kill.
+    create_workload(&client, &ns.name, "probe", fixed_spec(1)).await;
+    let reconciles = "apiworkload_operator_reconciles_total";
+    wait_until(Duration::from_secs(30), "replica-b reconciling", || async {
+        b.metric_sum(reconciles) > 0.0
+    })
+    .await;
+    let c = Operator::start(cluster, "replica-c", true, &ns.name);
+    wait_until(
+        Duration::from_secs(30),
+        "replica-c up as a standby",
+        || async { c.metric("apiworkload_operator_leader").is_some() },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(c.metric("apiworkload_operator_leader"), Some(0.0));
+    assert_eq!(c.metric_sum(reconciles), 0.0, "a standby reconciled");
+    let killed = Instant::now();
+    b.kill();
+    poll_until(
+        Duration::from_secs(20),
+        "replica-c to take over within 20 s of SIGKILL",
+        || async { (holder().await.as_deref() == Some("replica-c")).then_some(()) },
+    )
+    .await;
+    let takeover = killed.elapsed();
+    wait_until(Duration::from_secs(10), "replica-c reconciling", || async {
+        c.metric("apiworkload_operator_leader") == Some(1.0) && c.metric_sum(reconciles) > 0.0
+    })
+    .await;
+    eprintln!("takeover after SIGKILL: {takeover:?}");
+    assert!(takeover <= Duration::from_secs(20));
 }

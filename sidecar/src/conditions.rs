@@ -31,6 +31,13 @@ pub struct Window {
     pub accept_queue_max: u32,
     /// Most CLOSE_WAIT sockets of the app seen at once in the window.
     pub close_wait_max: u32,
+    /// Canary requests sent in the window, and how many got no answer (refused, reset,
+    /// timed out).
+    pub canary_probes: u64,
+    pub canary_failures: u64,
+    /// Socket-table samples in the window, and those that found no readable source.
+    pub socket_samples: u64,
+    pub socket_sample_failures: u64,
 }
 
 /// Raw measurements accumulated by the watchers between two evaluations.
@@ -52,6 +59,10 @@ pub struct WindowAccumulator {
     pub inbound_idle_closes: u64,
     pub accept_queue_max: u32,
     pub close_wait_max: u32,
+    pub canary_probes: u64,
+    pub canary_failures: u64,
+    pub socket_samples: u64,
+    pub socket_sample_failures: u64,
 }
 
 impl WindowAccumulator {
@@ -76,6 +87,10 @@ impl WindowAccumulator {
             inbound_idle_closes: self.inbound_idle_closes,
             accept_queue_max: self.accept_queue_max,
             close_wait_max: self.close_wait_max,
+            canary_probes: self.canary_probes,
+            canary_failures: self.canary_failures,
+            socket_samples: self.socket_samples,
+            socket_sample_failures: self.socket_sample_failures,
         }
     }
 }
@@ -118,7 +133,22 @@ impl Default for Thresholds {
 /// A verdict for one window: None = healthy, Some((reason, message)) = a problem.
 type Verdict = Option<(&'static str, String)>;
 
-fn event_loop(w: &Window, t: &Thresholds) -> Verdict {
+/// Whether no canary request got an answer in the window.
+fn unanswered(w: &Window) -> bool {
+    w.canary_probes > 0 && w.canary_failures == w.canary_probes
+}
+
+fn event_loop(w: &Window, t: &Thresholds, app_answered_before: bool) -> Verdict {
+    // Only an app that answered once has gone away; before that it is still starting.
+    if app_answered_before && unanswered(w) {
+        return Some((
+            "AppUnreachable",
+            format!(
+                "none of {} canary requests in the last {:.0}s got an answer: the app exited, is restarting, or stopped listening",
+                w.canary_probes, w.window_seconds
+            ),
+        ));
+    }
     let fraction = if w.window_seconds > 0.0 {
         w.stalled_seconds / w.window_seconds
     } else {
@@ -291,6 +321,9 @@ pub struct Conditions {
     pub event_loop: Condition,
     pub dns: Condition,
     pub connections: Condition,
+    /// Whether any canary request was ever answered.
+    #[serde(skip)]
+    app_answered: bool,
 }
 
 impl Default for Conditions {
@@ -299,6 +332,7 @@ impl Default for Conditions {
             event_loop: Condition::new("EventLoopResponsive", "Responsive"),
             dns: Condition::new("DNSHealthy", "Healthy"),
             connections: Condition::new("ConnectionsReused", "Reused"),
+            app_answered: false,
         }
     }
 }
@@ -307,13 +341,20 @@ impl Conditions {
     /// Evaluates one window; returns the types whose status flipped.
     pub fn evaluate(&mut self, w: &Window, t: &Thresholds) -> Vec<&'static str> {
         let mut flipped = Vec::new();
-        if self.event_loop.update(event_loop(w, t), "Responsive") {
+        let verdict = event_loop(w, t, self.app_answered);
+        self.app_answered |= w.canary_probes > w.canary_failures;
+        if self.event_loop.update(verdict, "Responsive") {
             flipped.push(self.event_loop.type_);
         }
-        if self.dns.update(dns(w, t), "Healthy") {
+        // A window in which no lookup finished (a round of timeouts can outlast it) or no
+        // socket table was readable is no evidence either way: it neither counts toward
+        // False nor toward True.
+        let dns_evidence = w.dns_queries_per_lookup.is_some() || w.dns_timeouts > 0;
+        if dns_evidence && self.dns.update(dns(w, t), "Healthy") {
             flipped.push(self.dns.type_);
         }
-        if self.connections.update(connections(w, t), "Reused") {
+        let socket_evidence = w.socket_samples > 0 || w.socket_sample_failures == 0;
+        if socket_evidence && self.connections.update(connections(w, t), "Reused") {
             flipped.push(self.connections.type_);
         }
         flipped
@@ -411,6 +452,77 @@ mod tests {
             window_seconds: 10.0,
             ..Default::default()
         };
-        assert_eq!(event_loop(&backlog, &t).unwrap().0, "AcceptBacklog");
+        assert_eq!(event_loop(&backlog, &t, true).unwrap().0, "AcceptBacklog");
+    }
+
+    #[test]
+    fn a_window_without_evidence_neither_fails_nor_heals() {
+        let t = Thresholds::default();
+        let timeouts = Window {
+            dns_timeouts: 2,
+            window_seconds: 2.0,
+            ..Default::default()
+        };
+        // Slow rounds of timeouts: one window in two sees a lookup finish.
+        let idle = Window {
+            window_seconds: 2.0,
+            ..Default::default()
+        };
+        let mut c = Conditions::default();
+        for _ in 0..FALSE_AFTER {
+            c.evaluate(&timeouts, &t);
+            c.evaluate(&idle, &t);
+        }
+        assert_eq!((c.dns.status, c.dns.reason.as_str()), (false, "Timeouts"));
+        for _ in 0..10 {
+            c.evaluate(&idle, &t);
+        }
+        assert!(!c.dns.status, "no lookups is not a recovery");
+        let unreadable = Window {
+            socket_sample_failures: 2,
+            outbound_opened: 500,
+            outbound_median_lifetime_seconds: Some(0.01),
+            ..idle.clone()
+        };
+        for _ in 0..5 {
+            c.evaluate(&unreadable, &t);
+        }
+        assert!(c.connections.status, "nothing measured, nothing concluded");
+    }
+
+    #[test]
+    fn an_app_that_answered_and_stopped_is_unreachable_one_still_starting_is_not() {
+        let t = Thresholds::default();
+        let silent = Window {
+            canary_probes: 40,
+            canary_failures: 40,
+            window_seconds: 10.0,
+            ..Default::default()
+        };
+        let answering = Window {
+            canary_failures: 3,
+            ..silent.clone()
+        };
+        let mut starting = Conditions::default();
+        for _ in 0..5 {
+            starting.evaluate(&silent, &t);
+        }
+        assert!(starting.event_loop.status, "never answered: still starting");
+        let mut c = Conditions::default();
+        c.evaluate(&answering, &t);
+        for _ in 0..FALSE_AFTER {
+            c.evaluate(&silent, &t);
+        }
+        assert_eq!(
+            (c.event_loop.status, c.event_loop.reason.as_str()),
+            (false, "AppUnreachable")
+        );
+        for _ in 0..TRUE_AFTER {
+            c.evaluate(&answering, &t);
+        }
+        assert!(
+            c.event_loop.status,
+            "back after {TRUE_AFTER} answering windows"
+        );
     }
 }

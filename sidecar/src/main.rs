@@ -122,9 +122,12 @@ async fn watch_event_loop(config: Config, metrics: Arc<Metrics>, window: Arc<Mut
             let in_progress = obs
                 .oldest_inflight()
                 .filter(|d| *d > config.stall_threshold);
+            let before = seen;
             let stalled = metrics.record_canary(&mut obs, &mut seen);
             if let Ok(mut w) = window.lock() {
                 w.stalled_seconds += stalled;
+                w.canary_probes += seen.probes - before.probes;
+                w.canary_failures += seen.failures - before.failures;
                 // A stall still in progress counts toward this window as it happens.
                 if in_progress.is_some() {
                     w.stalled_in_progress = true;
@@ -203,6 +206,7 @@ async fn watch_connections(config: Config, metrics: Arc<Metrics>, window: Arc<Mu
     };
     let mut ticker = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut first = true;
+    let mut unreadable = false;
     loop {
         let deadline = ticker.tick().await;
         // This timer's lag is the sidecar's own: its latencies are inflated by as much.
@@ -217,15 +221,41 @@ async fn watch_connections(config: Config, metrics: Arc<Metrics>, window: Arc<Mu
             }
             None => None,
         };
-        metrics.set_socket_source(if dumped.is_some() { "netlink" } else { "proc" });
-        let rows = dumped.unwrap_or_else(|| {
-            ["net/tcp", "net/tcp6"]
-                .iter()
-                .filter_map(|f| std::fs::read_to_string(config.proc_root.join(f)).ok())
-                .filter_map(|text| procnet::parse_tcp(&text).ok())
-                .flatten()
-                .collect()
-        });
+        let rows = match dumped {
+            Some(rows) => {
+                metrics.set_socket_source("netlink");
+                if let Ok(mut w) = window.lock() {
+                    w.socket_samples += 1;
+                }
+                rows
+            }
+            None => {
+                let tables: Vec<_> = ["net/tcp", "net/tcp6"]
+                    .iter()
+                    .filter_map(|f| std::fs::read_to_string(config.proc_root.join(f)).ok())
+                    .filter_map(|text| procnet::parse_tcp(&text).ok())
+                    .collect();
+                // Nothing readable: say so (metric, /report, one log line per outage)
+                // and keep the trackers' state for when the tables come back.
+                if tables.is_empty() {
+                    if !unreadable {
+                        warn!(proc_root = %config.proc_root.display(), "no socket table readable (netlink unavailable, /proc/net/tcp{{,6}} unreadable)");
+                    }
+                    unreadable = true;
+                    metrics.set_socket_source("none");
+                    if let Ok(mut w) = window.lock() {
+                        w.socket_sample_failures += 1;
+                    }
+                    continue;
+                }
+                unreadable = false;
+                metrics.set_socket_source("proc");
+                if let Ok(mut w) = window.lock() {
+                    w.socket_samples += 1;
+                }
+                tables.into_iter().flatten().collect()
+            }
+        };
         let (to_app, from_app) = sockets::classify(rows, port, config.listen.port(), is_app);
         let now = std::time::Instant::now();
         if std::mem::take(&mut first) {

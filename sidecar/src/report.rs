@@ -345,7 +345,7 @@ impl Metrics {
         let socket_source = Family::<SourceLabels, Gauge>::default();
         registry.register(
             "socket_source",
-            "1 for where socket samples come from: netlink (sock_diag) or proc (/proc/net/tcp)",
+            "1 for where socket samples come from: netlink (sock_diag), proc (/proc/net/tcp), or none (neither readable)",
             socket_source.clone(),
         );
         let timer_lag = Histogram::new([0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]);
@@ -492,7 +492,7 @@ impl Metrics {
     }
 
     pub fn set_socket_source(&self, source: &str) {
-        for s in ["netlink", "proc"] {
+        for s in ["netlink", "proc", "none"] {
             self.socket_source
                 .get_or_create(&SourceLabels { source: s.into() })
                 .set(i64::from(s == source));

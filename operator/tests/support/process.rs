@@ -90,6 +90,28 @@ impl Operator {
             .and_then(|l| l.rsplit(' ').next()?.parse().ok())
     }
 
+    /// Sum over every label set of `name` (0 when the metric is not served).
+    pub fn metric_sum(&self, name: &str) -> f64 {
+        let Some((_, body)) = self.get("/metrics") else {
+            return 0.0;
+        };
+        body.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Whether the process is still running (not exited, not restarted).
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// SIGKILL: no shutdown, no lease release, as a node failure or OOM kill.
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
     /// SIGTERM and wait for a clean exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         Command::new("kill")

@@ -105,6 +105,27 @@ fn runnable_binary() -> &'static std::path::Path {
 }
 
 impl Sidecar {
+    /// Resident memory of the sidecar process (setpriv execs it: same PID), by
+    /// `/proc/<pid>/status` field: `VmRSS` (all) or `RssAnon` (heap and stacks, without
+    /// the mapped binary).
+    pub fn memory_bytes(&self, field: &str) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kib * 1024)
+    }
+
+    /// Whether it is still running (never exited or crashed).
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
     /// GET /report, parsed (blocking).
     pub fn report(&self) -> Option<serde_json::Value> {
         let text = apiworkload_e2e::http_get_blocking(self.addr, "/report")?;

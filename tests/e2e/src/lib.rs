@@ -75,6 +75,30 @@ impl Cluster {
         }
     }
 
+    /// Fault injection: `tests/cluster/control-plane <args>` (`kill [component]`: SIGKILL
+    /// etcd and kube-apiserver, or one; `start`: what is down, on the same data, until
+    /// ready; `compact`: etcd history up to now). Private clusters only: the shared one
+    /// serves other tests.
+    pub fn control_plane(&self, args: &[&str]) {
+        assert!(
+            self.state_dir.is_some(),
+            "fault injection on the shared cluster would break concurrent tests"
+        );
+        let mut cmd = Command::new(repo_root().join("tests/cluster/control-plane"));
+        if let Some(dir) = &self.state_dir {
+            cmd.env("APIW_CLUSTER_DIR", dir);
+        }
+        let out = cmd
+            .args(args)
+            .output()
+            .expect("run tests/cluster/control-plane");
+        assert!(
+            out.status.success(),
+            "tests/cluster/control-plane {args:?} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// A kube client authenticated as the cluster admin.
     pub async fn client(&self) -> Client {
         let kubeconfig = Kubeconfig::read_from(&self.kubeconfig).expect("read kubeconfig");
@@ -229,10 +253,48 @@ where
     }
 }
 
-/// Installs the generated CRDs (`crds/`) once per process and waits until they are served.
+/// A private cluster (own state dir and ports), stopped and removed when dropped.
+#[derive(Debug)]
+pub struct PrivateCluster(pub Cluster);
+
+impl PrivateCluster {
+    pub fn up(prefix: &str) -> PrivateCluster {
+        let dir = std::env::temp_dir().join(format!("apiw-{prefix}-{}", unique_suffix()));
+        PrivateCluster(Cluster::up(Some(&dir)))
+    }
+}
+
+impl std::ops::Deref for PrivateCluster {
+    type Target = Cluster;
+    fn deref(&self) -> &Cluster {
+        &self.0
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.0.state_dir {
+            let _ = Command::new(repo_root().join("tests/cluster/down"))
+                .env("APIW_CLUSTER_DIR", dir)
+                .output();
+            let _ = std::fs::remove_dir_all(dir);
+            let _ = std::fs::remove_file(format!("{}.lock", dir.display()));
+        }
+    }
+}
+
+/// Installs the generated CRDs (`crds/`) once per cluster and process, and waits until
+/// they are served.
 pub fn install_crds(cluster: &Cluster) {
-    static DONE: OnceLock<()> = OnceLock::new();
-    DONE.get_or_init(|| {
+    static DONE: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    let mut done = DONE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if done.contains(&cluster.kubeconfig) {
+        return;
+    }
+    done.push(cluster.kubeconfig.clone());
+    {
         let crds = repo_root().join("crds");
         let (ok, out, err) = cluster.kubectl(&[
             "apply",
@@ -260,7 +322,7 @@ pub fn install_crds(cluster: &Cluster) {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
-    });
+    }
 }
 
 /// Polls `probe` every 200 ms until it yields a value; panics with `what` after `timeout`.
@@ -316,6 +378,11 @@ impl PythonServer {
 
     /// As [`PythonServer::uvicorn`], with extra uvicorn flags and environment.
     pub fn uvicorn_with(extra_args: &[&str], env: &[(&str, &str)]) -> PythonServer {
+        PythonServer::uvicorn_on(free_port(), extra_args, env)
+    }
+
+    /// As [`PythonServer::uvicorn_with`], on a given port (an app coming back where it was).
+    pub fn uvicorn_on(port: u16, extra_args: &[&str], env: &[(&str, &str)]) -> PythonServer {
         let mut args = vec![
             "app:app",
             "--host",
@@ -326,7 +393,7 @@ impl PythonServer {
             "warning",
         ];
         args.extend_from_slice(extra_args);
-        PythonServer::start_with_env("uvicorn", &args, env)
+        PythonServer::start_on(port, "uvicorn", &args, env)
     }
 
     /// uvicorn whose app sends the sidecar's opt-in heartbeat to `addr`.
@@ -342,7 +409,10 @@ impl PythonServer {
 
     /// As [`PythonServer::start`], with environment variables for the app.
     pub fn start_with_env(tool: &str, args: &[&str], env: &[(&str, &str)]) -> PythonServer {
-        let port = free_port();
+        PythonServer::start_on(free_port(), tool, args, env)
+    }
+
+    fn start_on(port: u16, tool: &str, args: &[&str], env: &[(&str, &str)]) -> PythonServer {
         let args: Vec<String> = args
             .iter()
             .map(|a| a.replace("{port}", &port.to_string()))

@@ -1,0 +1,289 @@
+//! The seeds' experiment: what the server configuration the operator renders buys, on
+//! this machine, side by side in one run. A FastAPI app (tests/apps) with a small
+//! endpoint (`GET /healthz`) and one that parses a 25 MB JSON body in the handler
+//! (`POST /parse`, which freezes its worker's event loop while it parses), served by:
+//!
+//!   (a) one uvicorn process;
+//!   (b) gunicorn + uvicorn workers with the usual formula on the host's CPUs
+//!       (2 × CPUs + 1), and the same formula on a 16-CPU node (where a pod limited to
+//!       this machine's CPUs would still count the node's);
+//!   (c) the command the operator renders for a pod whose CPU limit is this machine's
+//!       CPU count (default `io-bound` profile, and `cpu-bound`);
+//!   (d) (c) with the worker count swept.
+//!
+//! Mixed load on loopback for a bounded time per configuration: small requests from 4
+//! clients back to back, 25 MB bodies from 2 clients in parallel. Printed: small-request
+//! p50/p95/p99 and large-request p50. Target: (c) within 1.2× of the best (d) at p99,
+//! and at most 0.3× of (a).
+//!
+//!     tests/bench/run server-config [--seconds 20]
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    os::unix::process::CommandExt,
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use apiworkload_bench::{arg, quantile};
+use apiworkload_e2e::{free_port, http_get_blocking, python_venv, repo_root};
+use apiworkload_operator::{api::ApiWorkloadSpec, plan::plan, render::command::server_command};
+use serde_json::json;
+
+/// A server and its workers, in their own process group (killed together).
+struct Server(Child);
+
+impl Server {
+    fn start(argv: &[String], addr: SocketAddr) -> anyhow::Result<Server> {
+        let bin = python_venv().join("bin").join(&argv[0]);
+        let child = Command::new(&bin)
+            .args(&argv[1..])
+            .current_dir(repo_root().join("tests/apps"))
+            .process_group(0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("start {}", bin.display()))?;
+        let server = Server(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !http_get_blocking(addr, "/healthz").is_some_and(|r| r.starts_with("HTTP/1.1 200")) {
+            if Instant::now() > deadline {
+                bail!("{argv:?} did not answer /healthz within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        // Every worker up (gunicorn forks them after the first answers).
+        std::thread::sleep(Duration::from_secs(2));
+        Ok(server)
+    }
+}
+
+impl Drop for Server {
+    #[allow(unsafe_code)] // kill(2) on our own process group
+    fn drop(&mut self) {
+        // SAFETY: signals the process group this struct created.
+        unsafe {
+            libc::kill(-(self.0.id() as i32), libc::SIGKILL);
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// One POST on a fresh connection; true on a 200.
+fn post(addr: SocketAddr, path: &str, body: &[u8]) -> bool {
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    if s.write_all(head.as_bytes()).is_err() || s.write_all(body).is_err() {
+        return false;
+    }
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    out.starts_with(b"HTTP/1.1 200")
+}
+
+/// About 25 MB of JSON: a list of small records, as an API would receive.
+fn large_body() -> Vec<u8> {
+    let mut items = Vec::new();
+    let mut size = 0;
+    let mut i = 0u64;
+    while size < 25_000_000 {
+        let item = json!({"id": i, "name": format!("item-{i}"), "price": i as f64 * 0.01, "tags": ["a", "b", "c"], "active": i.is_multiple_of(2)});
+        size += item.to_string().len() + 1;
+        items.push(item);
+        i += 1;
+    }
+    serde_json::to_vec(&items).unwrap_or_default()
+}
+
+struct Figures {
+    small: Vec<f64>,
+    large: Vec<f64>,
+    failed: usize,
+}
+
+fn load(addr: SocketAddr, body: Arc<Vec<u8>>, seconds: u64) -> Figures {
+    let stop = Arc::new(AtomicBool::new(false));
+    let warmup = Instant::now() + Duration::from_secs(2);
+    let spawn = |large: bool| {
+        let (stop, body) = (stop.clone(), body.clone());
+        std::thread::spawn(move || {
+            let (mut latencies, mut failed) = (Vec::new(), 0);
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                let ok = if large {
+                    post(addr, "/parse", &body)
+                } else {
+                    http_get_blocking(addr, "/healthz")
+                        .is_some_and(|r| r.starts_with("HTTP/1.1 200"))
+                };
+                if t > warmup {
+                    if ok {
+                        latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+                    } else {
+                        failed += 1;
+                    }
+                }
+            }
+            (latencies, failed)
+        })
+    };
+    let small: Vec<_> = (0..4).map(|_| spawn(false)).collect();
+    let large: Vec<_> = (0..2).map(|_| spawn(true)).collect();
+    std::thread::sleep(Duration::from_secs(seconds + 2));
+    stop.store(true, Ordering::Relaxed);
+    let mut figures = Figures {
+        small: vec![],
+        large: vec![],
+        failed: 0,
+    };
+    for (handles, into_large) in [(small, false), (large, true)] {
+        for h in handles {
+            let (l, f) = h.join().unwrap_or_default();
+            figures.failed += f;
+            if into_large {
+                figures.large.extend(l);
+            } else {
+                figures.small.extend(l);
+            }
+        }
+    }
+    figures
+}
+
+/// What the operator renders for this machine's CPUs, bound to `addr`.
+fn rendered(cpus: usize, profile: &str, port: u16) -> anyhow::Result<Vec<String>> {
+    let spec: ApiWorkloadSpec = serde_json::from_value(json!({
+        "image": "registry.example/app:1", "app": "app:app", "profile": profile,
+        "resources": {"requests": {"cpu": cpus.to_string(), "memory": "1Gi"},
+                      "limits": {"cpu": cpus.to_string(), "memory": "8Gi"}},
+    }))?;
+    let plan = plan(&spec).map_err(|v| anyhow::anyhow!("{v:?}"))?;
+    let mut argv = server_command(&spec, &plan);
+    for a in argv.iter_mut() {
+        if a.starts_with("0.0.0.0:") {
+            *a = format!("127.0.0.1:{port}");
+        }
+    }
+    Ok(argv)
+}
+
+fn with_workers(argv: &[String], workers: usize) -> Vec<String> {
+    let mut argv = argv.to_vec();
+    if let Some(i) = argv.iter().position(|a| a == "--workers") {
+        argv[i + 1] = workers.to_string();
+    }
+    argv
+}
+
+fn gunicorn_formula(workers: usize, port: u16) -> Vec<String> {
+    [
+        "gunicorn",
+        "app:app",
+        "-k",
+        "uvicorn_worker.UvicornWorker",
+        "-w",
+        &workers.to_string(),
+        "--bind",
+        &format!("127.0.0.1:{port}"),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn main() -> anyhow::Result<()> {
+    let seconds = arg("--seconds", 20) as u64;
+    let cpus = std::thread::available_parallelism()
+        .map(|p| p.get())
+        .unwrap_or(1);
+    eprintln!("building a 25 MB JSON body…");
+    let body = Arc::new(large_body());
+
+    let port = free_port();
+    let uvicorn = [
+        "uvicorn",
+        "app:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port.to_string(),
+    ]
+    .map(String::from)
+    .to_vec();
+    let io = rendered(cpus, "io-bound", port)?;
+    let cpu = rendered(cpus, "cpu-bound", port)?;
+    let mut runs: Vec<(String, Vec<String>)> = vec![
+        ("(a) one uvicorn process".into(), uvicorn),
+        (
+            format!("(b) 2×{cpus}+1 host CPUs"),
+            gunicorn_formula(2 * cpus + 1, port),
+        ),
+        (
+            "(b) 2×16+1 on a 16-CPU node".into(),
+            gunicorn_formula(33, port),
+        ),
+        ("(c) operator, io-bound".into(), io.clone()),
+        ("(c) operator, cpu-bound".into(), cpu),
+    ];
+    for w in [1, 2, 3, 4, 6, 8] {
+        runs.push((format!("(d) operator, {w} workers"), with_workers(&io, w)));
+    }
+
+    println!(
+        "server configurations under mixed load ({cpus} CPUs, {seconds} s each after 2 s warm-up; small: 4 clients back to back, large: 2 × 25 MB JSON in parallel)"
+    );
+    println!(
+        "  {:32} {:>8} {:>8} {:>8} {:>8}   {:>9} {:>6}",
+        "", "small p50", "p95", "p99", "n", "large p50", "n"
+    );
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut p99 = Vec::new();
+    for (name, argv) in &runs {
+        eprintln!("{name}: {}", argv.join(" "));
+        let server = Server::start(argv, addr)?;
+        let f = load(addr, body.clone(), seconds);
+        drop(server);
+        std::thread::sleep(Duration::from_secs(1)); // the port is free again
+        let q = |v: &[f64], x| quantile(v, x);
+        println!(
+            "  {name:32} {:7.1}ms {:7.1}ms {:7.1}ms {:8}   {:8.0}ms {:6}{}",
+            q(&f.small, 0.5),
+            q(&f.small, 0.95),
+            q(&f.small, 0.99),
+            f.small.len(),
+            q(&f.large, 0.5),
+            f.large.len(),
+            if f.failed > 0 {
+                format!("   {} failed", f.failed)
+            } else {
+                String::new()
+            }
+        );
+        p99.push((name.clone(), q(&f.small, 0.99)));
+    }
+    let get = |prefix: &str| p99.iter().find(|(n, _)| n.starts_with(prefix)).map(|p| p.1);
+    let best_sweep = p99
+        .iter()
+        .filter(|(n, _)| n.starts_with("(d)"))
+        .map(|p| p.1)
+        .fold(f64::INFINITY, f64::min);
+    if let (Some(c), Some(a)) = (get("(c) operator, io-bound"), get("(a)")) {
+        println!(
+            "  (c) io-bound p99 / best (d) p99 = {:.2} (target ≤ 1.2);  (c) / (a) = {:.2} (target ≤ 0.3)",
+            c / best_sweep,
+            c / a
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,298 @@
+//! How exactly the sidecar measures what it reports, against injected truth (release
+//! build, real uvicorn and dnsmasq, all in a private network namespace when run as root,
+//! so no other process's connections enter the counts):
+//!
+//! 1. event-loop stalls of 50 ms – 2 s (the app's `/block` freezes its loop with
+//!    `time.sleep`): detection rate and duration error, by the canary and by the
+//!    per-worker heartbeat, at a 25 ms stall threshold;
+//! 2. DNS delays of 0 – 500 ms (a relay that holds each query before passing it to
+//!    dnsmasq): mean measured lookup time minus the injected delay;
+//! 3. connection counts: N unpooled outbound calls made by the app; the sidecar's
+//!    `tcp_outbound_connections_opened` must move by exactly N.
+//!
+//!     tests/bench/run sidecar-accuracy [--repeats 5]
+
+use std::{
+    net::{SocketAddr, UdpSocket},
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use apiworkload_bench::{arg, quantile, target_dir};
+use apiworkload_e2e::{PythonServer, free_port, free_udp_addr, http_get_blocking};
+
+/// Moves this process (before any thread exists) into a new network namespace with
+/// loopback up. Returns false when not permitted (not root): the figures then share the
+/// host's socket table.
+#[allow(unsafe_code)] // unshare and the SIOCSIFFLAGS ioctl
+fn private_network() -> bool {
+    // SAFETY: unshare with a valid flag; the ioctl gets a zeroed ifreq naming "lo".
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWNET) != 0 {
+            return false;
+        }
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        if fd < 0 {
+            return false;
+        }
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+            *dst = *src as libc::c_char;
+        }
+        let ok = libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) == 0 && {
+            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            libc::ioctl(fd, libc::SIOCSIFFLAGS, &req) == 0
+        };
+        libc::close(fd);
+        ok
+    }
+}
+
+/// Sum of every sample of `name` whose labels contain `with` (all when empty).
+fn metric(text: &str, name: &str, with: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| l.contains(with))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A UDP relay in front of dnsmasq that holds every query for the current delay.
+fn start_delaying_relay(upstream: SocketAddr, delay_ms: Arc<AtomicU64>) -> anyhow::Result<u16> {
+    let socket = Arc::new(UdpSocket::bind("127.0.0.1:0")?);
+    let port = socket.local_addr()?.port();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        while let Ok((n, client)) = socket.recv_from(&mut buf) {
+            let (query, socket, delay) = (buf[..n].to_vec(), socket.clone(), delay_ms.clone());
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(delay.load(Ordering::Relaxed)));
+                let Ok(out) = UdpSocket::bind("127.0.0.1:0") else {
+                    return;
+                };
+                let _ = out.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut answer = [0u8; 1500];
+                if out.send_to(&query, upstream).is_ok()
+                    && let Ok(m) = out.recv(&mut answer)
+                {
+                    let _ = socket.send_to(&answer[..m], client);
+                }
+            });
+        }
+    });
+    Ok(port)
+}
+
+struct Killed(Child);
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn dnsmasq() -> anyhow::Result<(Killed, SocketAddr)> {
+    let port = UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
+    let binary = if std::path::Path::new("/usr/sbin/dnsmasq").exists() {
+        "/usr/sbin/dnsmasq"
+    } else {
+        "dnsmasq"
+    };
+    let child = Command::new(binary)
+        .args([
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            &format!("--port={port}"),
+            "--listen-address=127.0.0.1",
+            "--bind-interfaces",
+            "--no-resolv",
+            "--no-hosts",
+            "--local=/example.test/",
+            "--host-record=api.example.test,127.0.0.5",
+            "--user=root",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("dnsmasq (tests/run installs dnsmasq-base)")?;
+    std::thread::sleep(Duration::from_millis(300));
+    Ok((Killed(child), ([127, 0, 0, 1], port).into()))
+}
+
+fn main() -> anyhow::Result<()> {
+    let isolated = private_network();
+    let repeats = arg("--repeats", 5);
+    eprintln!("building the sidecar (release)…");
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--release", "--quiet", "-p", "apiworkload-sidecar"])
+        .status()?;
+    if !status.success() {
+        bail!("cargo build --release -p apiworkload-sidecar failed");
+    }
+    let uid = std::fs::read_to_string("/proc/self/status")?
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().next().map(str::to_string))
+        .context("own uid")?;
+
+    let (_dns, dns_addr) = dnsmasq()?;
+    let delay_ms = Arc::new(AtomicU64::new(0));
+    let relay = start_delaying_relay(dns_addr, delay_ms.clone())?;
+    let resolv = std::env::temp_dir().join(format!("resolv-accuracy-{relay}.conf"));
+    std::fs::write(
+        &resolv,
+        "nameserver 127.0.0.1\noptions ndots:1 timeout:2 attempts:1\n",
+    )?;
+    let heartbeat = free_udp_addr();
+    let upstream = PythonServer::uvicorn();
+    let app = PythonServer::uvicorn_with_heartbeat(&heartbeat);
+    let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let _sidecar = Killed(
+        Command::new(target_dir().join("release/apiworkload-sidecar"))
+            .args([
+                format!("--app-port={}", app.addr.port()),
+                format!("--app-uid={uid}"),
+                format!("--listen={listen}"),
+                format!("--heartbeat-listen={heartbeat}"),
+                "--stall-threshold=25ms".into(),
+                "--dns-probe=api.example.test".into(),
+                "--dns-interval=1s".into(),
+                format!("--dns-port={relay}"),
+                format!("--resolv-conf={}", resolv.display()),
+            ])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .context("start the sidecar")?,
+    );
+    let scrape = || {
+        http_get_blocking(listen, "/metrics")
+            .and_then(|t| t.split("\r\n\r\n").nth(1).map(str::to_string))
+            .unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(&scrape(), "apiworkload_sidecar_heartbeat_workers", "") < 1.0 {
+        if Instant::now() > deadline {
+            bail!("the sidecar saw no heartbeat within 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+
+    println!(
+        "sidecar accuracy (release build, uvicorn + heartbeat, dnsmasq; {})",
+        if isolated {
+            "private network namespace"
+        } else {
+            "host network namespace: other processes' sockets may enter the counts"
+        }
+    );
+
+    // 1. Stalls.
+    println!(
+        "  stalls (threshold 25 ms, {repeats} each)   detected canary / heartbeat   error canary / heartbeat (median, worst)"
+    );
+    let stall_count = "apiworkload_sidecar_event_loop_stall_duration_seconds_count";
+    let stalled = "apiworkload_sidecar_event_loop_stall_seconds_total";
+    for injected_ms in [50u64, 100, 200, 500, 1000, 2000] {
+        let injected = injected_ms as f64 / 1000.0;
+        let mut detected = [0usize; 2];
+        let mut errors: [Vec<f64>; 2] = [vec![], vec![]];
+        for _ in 0..repeats {
+            let before = scrape();
+            let blocked = http_get_blocking(app.addr, &format!("/block?seconds={injected}"));
+            if !blocked.is_some_and(|r| r.starts_with("HTTP/1.1 200")) {
+                bail!("/block did not answer");
+            }
+            // The canary's next probe and the heartbeat's 1 s accounting.
+            std::thread::sleep(Duration::from_millis(1600));
+            let after = scrape();
+            for (i, source) in ["source=\"canary\"", "source=\"heartbeat\""]
+                .iter()
+                .enumerate()
+            {
+                let seen =
+                    metric(&after, stall_count, source) - metric(&before, stall_count, source);
+                if seen >= 1.0 {
+                    detected[i] += 1;
+                    let secs = metric(&after, stalled, source) - metric(&before, stalled, source);
+                    errors[i].push(secs - injected);
+                }
+            }
+        }
+        let fmt = |e: &[f64]| {
+            if e.is_empty() {
+                "        –        ".to_string()
+            } else {
+                let worst = e
+                    .iter()
+                    .copied()
+                    .fold(0.0f64, |w, x| if x.abs() > w.abs() { x } else { w });
+                format!(
+                    "{:+6.0} ms, {:+6.0} ms",
+                    quantile(e, 0.5) * 1000.0,
+                    worst * 1000.0
+                )
+            }
+        };
+        println!(
+            "    {injected_ms:5} ms                          {}/{repeats} / {}/{repeats}           {} / {}",
+            detected[0],
+            detected[1],
+            fmt(&errors[0]),
+            fmt(&errors[1])
+        );
+    }
+
+    // 2. DNS delays.
+    println!("  DNS delay (lookups over 6 s)        mean lookup    error");
+    let duration_sum = "apiworkload_sidecar_dns_lookup_duration_seconds_sum";
+    let duration_count = "apiworkload_sidecar_dns_lookup_duration_seconds_count";
+    for injected_ms in [0u64, 10, 50, 100, 250, 500] {
+        delay_ms.store(injected_ms, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(1500)); // lookups in flight finish
+        let before = scrape();
+        std::thread::sleep(Duration::from_secs(6));
+        let after = scrape();
+        let fqdn = "mode=\"fqdn\"";
+        let n = metric(&after, duration_count, fqdn) - metric(&before, duration_count, fqdn);
+        let sum = metric(&after, duration_sum, fqdn) - metric(&before, duration_sum, fqdn);
+        let mean = sum / n.max(1.0);
+        println!(
+            "    {injected_ms:4} ms                          {:7.1} ms   {:+6.1} ms   ({n:.0} lookups)",
+            mean * 1000.0,
+            (mean - injected_ms as f64 / 1000.0) * 1000.0
+        );
+    }
+    delay_ms.store(0, Ordering::Relaxed);
+
+    // 3. Outbound connection counts.
+    println!("  unpooled outbound calls by the app   counted by the sidecar");
+    let opened = "apiworkload_sidecar_tcp_outbound_connections_opened_total";
+    let mut exact = true;
+    for calls in [1usize, 10, 50, 200] {
+        let before = scrape();
+        let path = format!(
+            "/outbound?url=http://127.0.0.1:{}/healthz&n={calls}&pooled=false",
+            upstream.addr.port()
+        );
+        if !http_get_blocking(app.addr, &path).is_some_and(|r| r.starts_with("HTTP/1.1 200")) {
+            bail!("/outbound did not answer");
+        }
+        std::thread::sleep(Duration::from_millis(2500)); // two socket samples
+        let counted = metric(&scrape(), opened, "") - metric(&before, opened, "");
+        exact &= counted == calls as f64;
+        println!("    {calls:4}                               {counted:4.0}");
+    }
+    println!(
+        "  connection counts exact: {}",
+        if exact { "yes" } else { "NO" }
+    );
+    let _ = std::fs::remove_file(&resolv);
+    Ok(())
+}
