@@ -160,6 +160,25 @@ async fn sidecar_writes_its_own_pods_conditions_and_the_operator_rolls_them_up()
         .await
         .expect("a sidecar may set its own pod's apiworkload.io/ conditions");
 
+    // An admission policy takes effect a moment after it is created (the API server
+    // loads it asynchronously): wait until a dry run (which writes nothing) is refused.
+    poll_until(
+        Duration::from_secs(30),
+        "the admission policy in effect",
+        || async {
+            sidecar_creds
+                .patch_status(
+                    &other_name,
+                    &PatchParams::default().dry_run(),
+                    &strategic(&conditions_patch("apiworkload.io/Probe", "False")),
+                )
+                .await
+                .is_err()
+                .then_some(())
+        },
+    )
+    .await;
+
     // What the API server refuses.
     let other_pod = refusal(
         sidecar_creds

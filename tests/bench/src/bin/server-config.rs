@@ -13,10 +13,11 @@
 //!
 //! Mixed load on loopback for a bounded time per configuration: small requests from 4
 //! clients back to back, 25 MB bodies from 2 clients in parallel. Printed: small-request
-//! p50/p95/p99 and large-request p50. Target: (c) within 1.2× of the best (d) at p99,
-//! and at most 0.3× of (a).
+//! p50/p95/p99, large-request p50 and the server's total RSS, each the median of
+//! `--runs` runs (configurations interleaved, so drift hits all alike). Target: (c)
+//! within 1.2× of the best (d) at p99, and at most 0.3× of (a).
 //!
-//!     tests/bench/run server-config [--seconds 20]
+//!     tests/bench/run server-config [--seconds 15] [--runs 3]
 
 use std::{
     io::{Read, Write},
@@ -111,9 +112,29 @@ struct Figures {
     small: Vec<f64>,
     large: Vec<f64>,
     failed: usize,
+    /// Resident memory of the server and its workers at the end of the load.
+    rss: u64,
 }
 
-fn load(addr: SocketAddr, body: Arc<Vec<u8>>, seconds: u64) -> Figures {
+/// RSS of every process in process group `pgid`.
+fn group_rss(pgid: u32) -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                stat.rfind(')')
+                    .and_then(|i| stat[i + 2..].split_whitespace().nth(2)?.parse::<u32>().ok())
+                    == Some(pgid)
+            })
+        })
+        .filter_map(apiworkload_bench::rss_bytes)
+        .sum()
+}
+
+fn load(addr: SocketAddr, body: Arc<Vec<u8>>, seconds: u64, pgid: u32) -> Figures {
     let stop = Arc::new(AtomicBool::new(false));
     let warmup = Instant::now() + Duration::from_secs(2);
     let spawn = |large: bool| {
@@ -142,11 +163,13 @@ fn load(addr: SocketAddr, body: Arc<Vec<u8>>, seconds: u64) -> Figures {
     let small: Vec<_> = (0..4).map(|_| spawn(false)).collect();
     let large: Vec<_> = (0..2).map(|_| spawn(true)).collect();
     std::thread::sleep(Duration::from_secs(seconds + 2));
+    let rss = group_rss(pgid);
     stop.store(true, Ordering::Relaxed);
     let mut figures = Figures {
         small: vec![],
         large: vec![],
         failed: 0,
+        rss,
     };
     for (handles, into_large) in [(small, false), (large, true)] {
         for h in handles {
@@ -203,7 +226,7 @@ fn gunicorn_formula(workers: usize, port: u16) -> Vec<String> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let seconds = arg("--seconds", 20) as u64;
+    let seconds = arg("--seconds", 15) as u64;
     let cpus = std::thread::available_parallelism()
         .map(|p| p.get())
         .unwrap_or(1);
@@ -237,40 +260,59 @@ fn main() -> anyhow::Result<()> {
         ("(c) operator, cpu-bound".into(), cpu),
     ];
     for w in [1, 2, 3, 4, 6, 8] {
-        runs.push((format!("(d) operator, {w} workers"), with_workers(&io, w)));
+        runs.push((
+            format!("(d) operator, {w} worker{}", if w == 1 { "" } else { "s" }),
+            with_workers(&io, w),
+        ));
     }
 
+    let runs_each = arg("--runs", 3);
     println!(
-        "server configurations under mixed load ({cpus} CPUs, {seconds} s each after 2 s warm-up; small: 4 clients back to back, large: 2 × 25 MB JSON in parallel)"
+        "server configurations under mixed load ({cpus} CPUs; {seconds} s after 2 s warm-up, median of {runs_each} interleaved runs; small: 4 clients back to back, large: 2 × 25 MB JSON in parallel)"
     );
     println!(
-        "  {:32} {:>8} {:>8} {:>8} {:>8}   {:>9} {:>6}",
-        "", "small p50", "p95", "p99", "n", "large p50", "n"
+        "  {:32} {:>8} {:>8} {:>8} {:>9} {:>9}",
+        "", "small p50", "p95", "p99", "large p50", "RSS"
     );
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let mut p99 = Vec::new();
-    for (name, argv) in &runs {
-        eprintln!("{name}: {}", argv.join(" "));
-        let server = Server::start(argv, addr)?;
-        let f = load(addr, body.clone(), seconds);
-        drop(server);
-        std::thread::sleep(Duration::from_secs(1)); // the port is free again
-        let q = |v: &[f64], x| quantile(v, x);
-        println!(
-            "  {name:32} {:7.1}ms {:7.1}ms {:7.1}ms {:8}   {:8.0}ms {:6}{}",
-            q(&f.small, 0.5),
-            q(&f.small, 0.95),
-            q(&f.small, 0.99),
-            f.small.len(),
-            q(&f.large, 0.5),
-            f.large.len(),
+    // Per configuration, per run: [small p50, p95, p99, large p50, RSS MiB].
+    let mut figures: Vec<Vec<[f64; 5]>> = vec![Vec::new(); runs.len()];
+    for run in 0..runs_each {
+        for (i, (name, argv)) in runs.iter().enumerate() {
+            eprintln!("run {}/{runs_each} {name}: {}", run + 1, argv.join(" "));
+            let server = Server::start(argv, addr)?;
+            let f = load(addr, body.clone(), seconds, server.0.id());
+            drop(server);
+            std::thread::sleep(Duration::from_secs(1)); // the port is free again
             if f.failed > 0 {
-                format!("   {} failed", f.failed)
-            } else {
-                String::new()
+                eprintln!("  {} requests failed", f.failed);
             }
+            figures[i].push([
+                quantile(&f.small, 0.5),
+                quantile(&f.small, 0.95),
+                quantile(&f.small, 0.99),
+                quantile(&f.large, 0.5),
+                f.rss as f64 / 1048576.0,
+            ]);
+        }
+    }
+    let median =
+        |runs: &[[f64; 5]], k: usize| quantile(&runs.iter().map(|r| r[k]).collect::<Vec<_>>(), 0.5);
+    let mut p99 = Vec::new();
+    for ((name, _), runs) in runs.iter().zip(&figures) {
+        println!(
+            "  {name:32} {:7.1}ms {:7.1}ms {:7.1}ms {:8.0}ms {:6.0} MiB   (p99 of each run: {})",
+            median(runs, 0),
+            median(runs, 1),
+            median(runs, 2),
+            median(runs, 3),
+            median(runs, 4),
+            runs.iter()
+                .map(|r| format!("{:.0}", r[2]))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
-        p99.push((name.clone(), q(&f.small, 0.99)));
+        p99.push((name.clone(), median(runs, 2)));
     }
     let get = |prefix: &str| p99.iter().find(|(n, _)| n.starts_with(prefix)).map(|p| p.1);
     let best_sweep = p99
@@ -280,7 +322,7 @@ fn main() -> anyhow::Result<()> {
         .fold(f64::INFINITY, f64::min);
     if let (Some(c), Some(a)) = (get("(c) operator, io-bound"), get("(a)")) {
         println!(
-            "  (c) io-bound p99 / best (d) p99 = {:.2} (target ≤ 1.2);  (c) / (a) = {:.2} (target ≤ 0.3)",
+            "  (c) io-bound p99 / best (d) p99 = {:.2} (target ≤ 1.2);  (c) / (a) = {:.3} (target ≤ 0.3)",
             c / best_sweep,
             c / a
         );
