@@ -71,15 +71,8 @@ async fn apiserver_and_etcd_killed_mid_rollout_converge_once() {
         down.elapsed()
     );
 
-    let api: Api<ApiWorkload> = Api::namespaced(client.clone(), &ns.name);
-    let t = Instant::now();
-    wait_until(
-        Duration::from_secs(300),
-        "every workload Ready and current",
-        || all_ready(&api, WORKLOADS),
-    )
-    .await;
-    eprintln!("converged {:?} after the restart", t.elapsed());
+    let took = wait_all_ready(&client, &ns.name, WORKLOADS).await;
+    eprintln!("converged {took:?} after the restart");
     assert_converged_once(&client, &ns.name, 1).await;
     assert!(op.running(), "the operator restarted or crashed");
     let logs = op.logs();
@@ -96,11 +89,8 @@ async fn expired_watches_list_again_without_a_restart() {
     let mut op = Operator::start(&cluster, "faults", false, "default");
     let ns = TestNamespace::create(&client, "gone", &[]).await;
     create_many(&client, &ns.name, 5, fixed_spec(1)).await;
+    wait_all_ready(&client, &ns.name, 5).await;
     let api: Api<ApiWorkload> = Api::namespaced(client.clone(), &ns.name);
-    wait_until(Duration::from_secs(120), "5 workloads Ready", || {
-        all_ready(&api, 5)
-    })
-    .await;
     let kinds = [
         "ApiWorkload",
         "Deployment",

@@ -59,6 +59,20 @@ pub async fn all_ready(api: &Api<ApiWorkload>, count: usize) -> bool {
     list.items.len() == count && n_ready == count
 }
 
+/// Waits (at most 5 minutes) until the `count` workloads in `ns` are all Ready and
+/// current; returns how long that took.
+pub async fn wait_all_ready(client: &Client, ns: &str, count: usize) -> std::time::Duration {
+    let api: Api<ApiWorkload> = Api::namespaced(client.clone(), ns);
+    let t = std::time::Instant::now();
+    apiworkload_e2e::wait_until(
+        std::time::Duration::from_secs(300),
+        "every workload Ready and current",
+        || all_ready(&api, count),
+    )
+    .await;
+    t.elapsed()
+}
+
 /// Labelled objects of kind `K` in `ns`: exactly one per workload, named after it and
 /// controlled by it. Returns a description of what is wrong, if anything.
 pub async fn one_each<K>(client: &Client, ns: &str, owners: &[ApiWorkload]) -> Vec<String>
