@@ -170,27 +170,8 @@ impl Dnsmasq {
             .unwrap()
             .port();
         let log = std::env::temp_dir().join(format!("dnsmasq-{port}.log"));
-        let binary = if std::path::Path::new("/usr/sbin/dnsmasq").exists() {
-            "/usr/sbin/dnsmasq"
-        } else {
-            "dnsmasq"
-        };
-        let child = Command::new(binary)
-            .args([
-                "--keep-in-foreground",
-                "--conf-file=/dev/null",
-                &format!("--port={port}"),
-                "--listen-address=127.0.0.1",
-                "--bind-interfaces",
-                "--no-resolv",
-                "--no-hosts",
-                "--local=/cluster.local/",
-                "--local=/example.test/",
-                "--host-record=api.example.test,127.0.0.5",
-                "--log-queries",
-                "--log-facility=-",
-                "--user=root",
-            ])
+        let child = apiworkload_e2e::dnsmasq_command(port)
+            .args(["--log-queries", "--log-facility=-"])
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()

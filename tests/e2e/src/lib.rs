@@ -452,6 +452,33 @@ impl Drop for PythonServer {
     }
 }
 
+/// dnsmasq (Debian's dnsmasq-base, which tests/run installs) on 127.0.0.1:`port`, in the
+/// foreground, answering `api.example.test` (A only) and NXDOMAIN for everything else in
+/// `cluster.local` and `example.test`; no upstream, no /etc/hosts. The caller adds logging
+/// and stdio.
+pub fn dnsmasq_command(port: u16) -> Command {
+    let binary = if Path::new("/usr/sbin/dnsmasq").exists() {
+        "/usr/sbin/dnsmasq"
+    } else {
+        "dnsmasq"
+    };
+    let mut command = Command::new(binary);
+    command.args([
+        "--keep-in-foreground",
+        "--conf-file=/dev/null",
+        &format!("--port={port}"),
+        "--listen-address=127.0.0.1",
+        "--bind-interfaces",
+        "--no-resolv",
+        "--no-hosts",
+        "--local=/cluster.local/",
+        "--local=/example.test/",
+        "--host-record=api.example.test,127.0.0.5",
+        "--user=root",
+    ]);
+    command
+}
+
 /// One GET on a fresh connection (blocking; for readiness checks).
 pub fn http_get_blocking(addr: std::net::SocketAddr, path: &str) -> Option<String> {
     use std::io::{Read, Write};

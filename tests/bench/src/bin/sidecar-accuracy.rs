@@ -24,7 +24,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use apiworkload_bench::{arg, quantile, target_dir};
-use apiworkload_e2e::{PythonServer, free_port, free_udp_addr, http_get_blocking};
+use apiworkload_e2e::{PythonServer, dnsmasq_command, free_port, free_udp_addr, http_get_blocking};
 
 /// Moves this process (before any thread exists) into a new network namespace with
 /// loopback up. Returns false when not permitted (not root): the figures then share the
@@ -98,24 +98,7 @@ impl Drop for Killed {
 
 fn dnsmasq() -> anyhow::Result<(Killed, SocketAddr)> {
     let port = UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
-    let binary = if std::path::Path::new("/usr/sbin/dnsmasq").exists() {
-        "/usr/sbin/dnsmasq"
-    } else {
-        "dnsmasq"
-    };
-    let child = Command::new(binary)
-        .args([
-            "--keep-in-foreground",
-            "--conf-file=/dev/null",
-            &format!("--port={port}"),
-            "--listen-address=127.0.0.1",
-            "--bind-interfaces",
-            "--no-resolv",
-            "--no-hosts",
-            "--local=/example.test/",
-            "--host-record=api.example.test,127.0.0.5",
-            "--user=root",
-        ])
+    let child = dnsmasq_command(port)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
