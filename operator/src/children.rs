@@ -2,7 +2,7 @@
 //! nothing from the API server when nothing changed since it last applied or verified
 //! a child, and so that a change that cannot matter triggers no reconcile at all: a
 //! Deployment status update that leaves readiness alone, a pod update that leaves the
-//! sidecar's conditions alone, our own status write echoed back.
+//! sidecar's conditions alone, our own writes echoed back.
 //!
 //! Only a few facts per object are kept (a version hash, the controller's UID, the
 //! Deployment's readiness counts, the pods' `apiworkload.io/` conditions), never the
@@ -55,6 +55,23 @@ pub struct Readiness {
     pub replicas: Option<i32>,
     pub ready: i32,
     pub updated: i32,
+    /// Where the Deployment controller says the rollout is (its `Progressing`
+    /// condition's reason, kept only for the reasons `Ready` distinguishes).
+    pub rollout: Rollout,
+}
+
+/// The Deployment controller's view of the rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Rollout {
+    /// No `Progressing` condition (not reported yet, or no progress deadline).
+    #[default]
+    Unknown,
+    /// Replacing or starting pods.
+    InProgress,
+    /// The new ReplicaSet has been available: the rollout finished.
+    Complete,
+    /// No progress within `progressDeadlineSeconds`.
+    DeadlineExceeded,
 }
 
 impl Readiness {
@@ -66,6 +83,16 @@ impl Readiness {
             replicas: d.spec.as_ref().and_then(|s| s.replicas),
             ready: status.and_then(|s| s.ready_replicas).unwrap_or(0),
             updated: status.and_then(|s| s.updated_replicas).unwrap_or(0),
+            rollout: status
+                .and_then(|s| s.conditions.as_ref())
+                .and_then(|cs| cs.iter().find(|c| c.type_ == "Progressing"))
+                .map_or(Rollout::Unknown, |c| {
+                    match (c.status.as_str(), c.reason.as_deref()) {
+                        ("True", Some("NewReplicaSetAvailable")) => Rollout::Complete,
+                        ("False", Some("ProgressDeadlineExceeded")) => Rollout::DeadlineExceeded,
+                        _ => Rollout::InProgress,
+                    }
+                }),
         }
     }
 }
@@ -148,11 +175,23 @@ fn controller_uid(meta: &ObjectMeta) -> Option<String> {
         .map(|o| o.uid.clone())
 }
 
+/// A child as we last applied or verified it.
+#[derive(Debug)]
+struct Verified {
+    /// Fingerprint of the desired object.
+    print: String,
+    /// [`version`] of the object we wrote or read.
+    version: u64,
+    /// Its resourceVersion: the watch event that carries it is the echo of our own
+    /// write (or read), which the reconcile that made it already knows.
+    resource_version: Option<String>,
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     seen: BTreeMap<Key, Seen>,
-    /// What we last applied or verified per child: (fingerprint, version).
-    verified: HashMap<Key, (String, u64)>,
+    /// What we last applied or verified per child.
+    verified: HashMap<Key, Verified>,
     /// Kinds whose watch has listed everything at least once.
     synced: HashSet<&'static str>,
     /// Keys listed since a (re)list began, per kind: the rest are gone at its end.
@@ -182,17 +221,23 @@ impl ChildIndex {
     /// fingerprint, and still controlled by `owner`.
     pub fn unchanged(&self, key: &Key, fingerprint: &str, owner: &str) -> bool {
         self.with(|i| {
-            let (Some((print, at)), Some(seen)) = (i.verified.get(key), i.seen.get(key)) else {
+            let (Some(v), Some(seen)) = (i.verified.get(key), i.seen.get(key)) else {
                 return false;
             };
-            print == fingerprint && seen.version == *at && seen.controller.as_deref() == Some(owner)
+            v.print == fingerprint
+                && seen.version == v.version
+                && seen.controller.as_deref() == Some(owner)
         })
     }
 
     /// Records that the child holds `fingerprint`'s object at `meta`'s version.
     pub fn verified(&self, key: Key, fingerprint: String, meta: &ObjectMeta) {
-        let at = version(meta);
-        self.with(|i| i.verified.insert(key, (fingerprint, at)));
+        let verified = Verified {
+            print: fingerprint,
+            version: version(meta),
+            resource_version: meta.resource_version.clone(),
+        };
+        self.with(|i| i.verified.insert(key, verified));
     }
 
     /// Whether the child is certainly absent: its kind's watch has listed everything
@@ -232,17 +277,17 @@ impl ChildIndex {
     }
 
     /// Applies one watch event. Returns whether it changed a fact a reconcile reads.
-    fn observe(&self, kind: &'static str, event: Event<(Key, Seen)>) -> bool {
+    fn observe(&self, kind: &'static str, event: Event<Observed>) -> bool {
         self.with(|i| match event {
             Event::Init => {
                 i.relisting.insert(kind, HashSet::new());
                 false
             }
-            Event::InitApply((key, seen)) => {
+            Event::InitApply(o) => {
                 if let Some(listed) = i.relisting.get_mut(kind) {
-                    listed.insert(key.clone());
+                    listed.insert(o.key.clone());
                 }
-                i.upsert(key, seen)
+                i.upsert(o)
             }
             Event::InitDone => {
                 let listed = i.relisting.remove(kind).unwrap_or_default();
@@ -258,17 +303,37 @@ impl ChildIndex {
                 i.synced.insert(kind);
                 !gone.is_empty()
             }
-            Event::Apply((key, seen)) => i.upsert(key, seen),
-            Event::Delete((key, _)) => {
-                i.remove(&key);
+            Event::Apply(o) => i.upsert(o),
+            Event::Delete(o) => {
+                i.remove(&o.key);
                 true
             }
         })
     }
 }
 
+/// One object as a watch event carries it.
+#[derive(Debug)]
+pub struct Observed {
+    key: Key,
+    seen: Seen,
+    resource_version: Option<String>,
+}
+
 impl Inner {
-    fn upsert(&mut self, key: Key, seen: Seen) -> bool {
+    /// Records `o`; returns whether a fact a reconcile reads changed, other than by our
+    /// own write.
+    fn upsert(&mut self, o: Observed) -> bool {
+        let Observed {
+            key,
+            seen,
+            resource_version,
+        } = o;
+        let echo = resource_version.is_some()
+            && self
+                .verified
+                .get(&key)
+                .is_some_and(|v| v.resource_version == resource_version);
         if key.kind == "Pod"
             && let Some(pod) = &seen.pod
         {
@@ -281,7 +346,7 @@ impl Inner {
         }
         let changed = self.seen.get(&key) != Some(&seen);
         self.seen.insert(key, seen);
-        changed
+        changed && !echo
     }
 
     fn remove(&mut self, key: &Key) {
@@ -305,6 +370,13 @@ pub trait Indexed: Resource + Sized {
             readiness: None,
             pod: None,
         }
+    }
+    fn observed(&self) -> Option<Observed> {
+        Some(Observed {
+            key: self.key()?,
+            seen: self.seen(),
+            resource_version: self.meta().resource_version.clone(),
+        })
     }
 }
 
@@ -390,17 +462,16 @@ where
             }
             // What a (re)list merely confirms triggers nothing.
             Ok(Event::InitApply(obj)) => obj
-                .key()
-                .is_some_and(|k| index.observe(K::KIND, Event::InitApply((k, obj.seen()))))
+                .observed()
+                .is_some_and(|o| index.observe(K::KIND, Event::InitApply(o)))
                 .then_some(Ok(obj)),
             Ok(Event::Apply(obj)) => obj
-                .key()
-                .is_some_and(|k| index.observe(K::KIND, Event::Apply((k, obj.seen()))))
+                .observed()
+                .is_some_and(|o| index.observe(K::KIND, Event::Apply(o)))
                 .then_some(Ok(obj)),
             Ok(Event::Delete(obj)) => {
-                if let Some(k) = obj.key() {
-                    let seen = obj.seen();
-                    index.observe(K::KIND, Event::Delete((k, seen)));
+                if let Some(o) = obj.observed() {
+                    index.observe(K::KIND, Event::Delete(o));
                 }
                 Some(Ok(obj))
             }
@@ -493,6 +564,29 @@ mod tests {
         );
         feed(&index, vec![Event::Delete(deployment(2, 1, "u1"))]);
         assert!(index.absent(&key));
+    }
+
+    #[test]
+    fn the_echo_of_our_own_write_triggers_nothing() {
+        let index = std::sync::Arc::new(ChildIndex::default());
+        feed::<Deployment>(&index, vec![Event::Init, Event::InitDone]);
+        let ours = deployment(1, 0, "u1");
+        let key = ours.key().unwrap();
+        index.verified(key.clone(), "f1".into(), &ours.metadata);
+        assert_eq!(
+            feed(&index, vec![Event::Apply(ours.clone())]),
+            0,
+            "the object our apply returned"
+        );
+        assert!(index.unchanged(&key, "f1", "u1"));
+        // The same object, once the Deployment controller has moved it on.
+        assert_eq!(feed(&index, vec![Event::Apply(deployment(1, 1, "u1"))]), 1);
+        // Someone else's write of the same name, never verified by us.
+        let other = Key::new("Deployment", "ns", "other");
+        let mut theirs = deployment(1, 0, "u1");
+        theirs.metadata.name = Some("other".into());
+        assert_eq!(feed(&index, vec![Event::Apply(theirs)]), 1);
+        assert!(!index.unchanged(&other, "f1", "u1"));
     }
 
     #[test]

@@ -43,7 +43,7 @@ use tracing::{info, warn};
 use crate::{
     api::{ApiWorkload, ApiWorkloadStatus, EffectiveTimings, ReplicasStatus, WorkersStatus},
     applied::{stamp, up_to_date},
-    children::{ChildIndex, Key, PodReport, Readiness, track},
+    children::{ChildIndex, Key, PodReport, Readiness, Rollout, track},
     conditions::{self, Desired},
     metrics::Metrics,
     plan::{Plan, plan},
@@ -203,6 +203,30 @@ where
     if known {
         return Ok((false, None));
     }
+    // A child no watch has seen (its kind listed, nothing of that name labelled) is
+    // created in one request, on condition that nothing of that name exists: when an
+    // unlabelled object of the name is there after all, someone else's perhaps, the
+    // server refuses and the read below decides.
+    if let Some((json, print)) = &desired
+        && index.absent(&key)
+    {
+        match api
+            .patch(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&create_only(json)),
+            )
+            .await
+        {
+            Ok(created) => {
+                ctx.metrics.count_write(kind);
+                index.verified(key, print.clone(), created.meta());
+                return Ok((true, Some(created)));
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
     // From the API server's watch cache (resourceVersion=0): no etcd read. A cache a
     // moment behind at worst costs one redundant (idempotent) apply.
     let live = match api.get_with(&name, &GetParams::any()).await {
@@ -245,6 +269,18 @@ where
         // Absent, or another owner's object of that name: leave it alone.
         (None, _) => Ok((false, None)),
     }
+}
+
+/// `desired` as an apply that only creates. An apply carrying a resourceVersion is
+/// conditional on the live object being at that version, and no object is ever at
+/// version 1 (etcd's first write is revision 2): the server creates the object when
+/// none exists and answers 409 Conflict when one does.
+fn create_only(desired: &serde_json::Value) -> serde_json::Value {
+    let mut json = desired.clone();
+    if let Some(meta) = json.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+        meta.insert("resourceVersion".into(), "1".into());
+    }
+    json
 }
 
 async fn apply_children(
@@ -335,7 +371,11 @@ async fn apply_children(
 
 /// Ready when the Deployment's pods are updated and ready, counting at least
 /// `min_replicas` (right after creation an HPA has not yet raised the Deployment's
-/// default of 1 to its minimum).
+/// default of 1 to its minimum). While not ready, the reason says whether a rollout is
+/// under way (`RollingOut`), stuck past its deadline (`ProgressDeadlineExceeded`), or
+/// finished with pods since lost (`Unavailable`). The message counts ready pods only: a
+/// count of updated pods would change, and cost a status write, each time the
+/// Deployment controller moves a new rollout on by a step.
 fn ready_condition(deployment: Option<Readiness>, min_replicas: i32) -> (Desired, ReplicasStatus) {
     let Some(d) = deployment else {
         return (
@@ -352,29 +392,28 @@ fn ready_condition(deployment: Option<Readiness>, min_replicas: i32) -> (Desired
     let (ready, updated) = (d.ready, d.updated);
     let current = d.observed_generation >= d.generation;
     let replicas = ReplicasStatus { desired, ready };
+    let counts = format!("{ready}/{desired} pods ready");
     let cond = if current && ready >= desired && updated >= desired && desired > 0 {
-        Desired::new(
-            "Ready",
-            Some(true),
-            "Available",
-            format!("{ready}/{desired} pods ready"),
-        )
+        Desired::new("Ready", Some(true), "Available", counts)
     } else if desired == 0 {
         Desired::new("Ready", Some(true), "ScaledToZero", "no replicas requested")
-    } else if !current || updated < desired {
+    } else if current && d.rollout == Rollout::DeadlineExceeded {
         Desired::new(
             "Ready",
             Some(false),
-            "RollingOut",
-            format!("{updated}/{desired} pods updated, {ready} ready"),
+            "ProgressDeadlineExceeded",
+            format!(
+                "the rollout made no progress within the Deployment's progress deadline: {counts}; see the pods' events"
+            ),
         )
+    } else if !current
+        || updated < desired
+        || d.rollout == Rollout::InProgress
+        || (d.rollout == Rollout::Unknown && ready == 0)
+    {
+        Desired::new("Ready", Some(false), "RollingOut", counts)
     } else {
-        Desired::new(
-            "Ready",
-            Some(false),
-            "Unavailable",
-            format!("{ready}/{desired} pods ready"),
-        )
+        Desired::new("Ready", Some(false), "Unavailable", counts)
     };
     (cond, replicas)
 }
@@ -450,6 +489,9 @@ async fn reconcile_inner(aw: &ApiWorkload, ctx: &Context) -> Result<&'static str
     let mut wrote = false;
     let mut invalid = false;
     let mut deployment = None;
+    // A child's name taken by someone else's object: reported like any other problem,
+    // then returned as the error (its backoff starts at a minute).
+    let mut conflict = None;
     let mut status = match plan(&aw.spec) {
         Ok(plan) => {
             let rctx = RenderContext {
@@ -457,7 +499,13 @@ async fn reconcile_inner(aw: &ApiWorkload, ctx: &Context) -> Result<&'static str
                 ..ctx.render.clone()
             };
             let rendered = render(aw, &plan, &rctx);
-            let (wrote_children, applied) = apply_children(aw, &rendered, keda, ctx).await?;
+            let (wrote_children, applied) = match apply_children(aw, &rendered, keda, ctx).await {
+                Err(e @ Error::ChildConflict { .. }) => {
+                    conflict = Some(e);
+                    (false, None)
+                }
+                other => other?,
+            };
             wrote |= wrote_children;
             deployment = applied;
             let note = &rendered.autoscaling_note;
@@ -517,7 +565,10 @@ async fn reconcile_inner(aw: &ApiWorkload, ctx: &Context) -> Result<&'static str
             .as_ref()
             .map(Readiness::of),
     };
-    let (ready, replicas) = ready_condition(readiness, aw.spec.scaling.min_replicas);
+    let (mut ready, replicas) = ready_condition(readiness, aw.spec.scaling.min_replicas);
+    if let Some(e) = &conflict {
+        ready = Desired::new("Ready", Some(false), "ChildConflict", e.to_string());
+    }
     ctx.metrics
         .set_workload_ready(&ns, &name, ready.status == "True");
     desired_conditions.insert(0, ready);
@@ -599,6 +650,9 @@ async fn reconcile_inner(aw: &ApiWorkload, ctx: &Context) -> Result<&'static str
         .filter(|t| conditions::worth_an_event(previous, t))
         .collect();
     publish_transitions(aw, &worth, ctx).await;
+    if let Some(e) = conflict {
+        return Err(e);
+    }
 
     Ok(if invalid {
         "invalid"
@@ -833,6 +887,59 @@ mod tests {
             "status": {"observedGeneration": 1, "readyReplicas": ready, "updatedReplicas": replicas}
         }))
         .unwrap()
+    }
+
+    fn progressing(status: &str, reason: &str) -> Readiness {
+        let mut d = Readiness::of(&deployment(2, 1));
+        d.rollout = Readiness::of(
+            &serde_json::from_value::<Deployment>(json!({
+                "metadata": {"generation": 1},
+                "status": {"conditions": [{"type": "Progressing", "status": status, "reason": reason}]}
+            }))
+            .unwrap(),
+        )
+        .rollout;
+        d
+    }
+
+    #[test]
+    fn not_ready_says_whether_a_rollout_runs_is_stuck_or_is_done() {
+        let reason = |d: Readiness| ready_condition(Some(d), 1).0.reason;
+        assert_eq!(
+            reason(progressing("True", "ReplicaSetUpdated")),
+            "RollingOut"
+        );
+        assert_eq!(
+            reason(progressing("True", "NewReplicaSetCreated")),
+            "RollingOut"
+        );
+        assert_eq!(
+            reason(progressing("True", "NewReplicaSetAvailable")),
+            "Unavailable"
+        );
+        assert_eq!(
+            reason(progressing("False", "ProgressDeadlineExceeded")),
+            "ProgressDeadlineExceeded"
+        );
+        // No Progressing condition: pods lost after a rollout, or none ever ready.
+        assert_eq!(reason(Readiness::of(&deployment(2, 1))), "Unavailable");
+        assert_eq!(reason(Readiness::of(&deployment(2, 0))), "RollingOut");
+    }
+
+    #[test]
+    fn a_new_rollout_moving_on_keeps_the_condition_as_it_is() {
+        // As applied (no status yet), then as the Deployment controller reports it.
+        let applied: Deployment = serde_json::from_value(json!({
+            "metadata": {"generation": 1},
+            "spec": {"replicas": 1, "selector": {}, "template": {}}
+        }))
+        .unwrap();
+        let mut started = Readiness::of(&deployment(1, 0));
+        started.rollout = Rollout::InProgress;
+        let first = ready_condition(Some(Readiness::of(&applied)), 1);
+        let second = ready_condition(Some(started), 1);
+        assert_eq!(first.0, second.0);
+        assert_eq!(first.1, second.1);
     }
 
     #[test]

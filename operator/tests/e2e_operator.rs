@@ -484,3 +484,112 @@ async fn drift_in_children_is_corrected() {
     )
     .await;
 }
+
+/// A child's name taken by an object the workload does not own (a Service made by
+/// hand) is never adopted: the operator leaves it exactly as it was, creates nothing
+/// that would run behind it, and says what to change in the status and an Event. Once
+/// the name is free, the next reconcile (an edit of the workload retries at once)
+/// converges.
+#[tokio::test]
+async fn a_name_taken_by_someone_elses_object_is_left_alone_and_reported() {
+    let cluster = Cluster::shared();
+    let _ = shared_operator();
+    let client = cluster.client().await;
+    let ns = TestNamespace::create(&client, "taken", &[]).await;
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns.name);
+    let theirs: Service = serde_json::from_value(json!({
+        "metadata": {"name": "api", "labels": {"owner": "someone"}},
+        "spec": {"selector": {"app": "theirs"}, "ports": [{"port": 80}]},
+    }))
+    .unwrap();
+    services
+        .create(&kube::api::PostParams::default(), &theirs)
+        .await
+        .unwrap();
+    let before = services.get("api").await.unwrap();
+
+    create_workload(&client, &ns.name, "api", fixed_spec(1)).await;
+    let aw = wait_status(
+        &client,
+        &ns.name,
+        "api",
+        "Ready=False (ChildConflict)",
+        |aw| condition(aw, "Ready").is_some_and(|c| c.reason == "ChildConflict"),
+    )
+    .await;
+    let ready = condition(&aw, "Ready").unwrap();
+    assert_eq!(ready.status, "False");
+    assert!(
+        ready
+            .message
+            .contains("Service api exists and is not owned by this ApiWorkload")
+            && ready
+                .message
+                .contains("rename the ApiWorkload or delete the Service"),
+        "{}",
+        ready.message
+    );
+    assert_eq!(
+        aw.status.as_ref().unwrap().reason.as_deref(),
+        Some("ChildConflict"),
+        "kubectl get shows it"
+    );
+    let after = services.get("api").await.unwrap();
+    assert_eq!(
+        after.metadata.resource_version, before.metadata.resource_version,
+        "their Service was not written to"
+    );
+    assert!(after.metadata.owner_references.is_none());
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client.clone(), &ns.name);
+    assert!(
+        deployments.get_opt("api").await.unwrap().is_none(),
+        "no pods behind someone else's Service"
+    );
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(client.clone(), &ns.name);
+    wait_until(Duration::from_secs(30), "a ChildConflict Event", || async {
+        events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .any(|e| {
+                e.reason.as_deref() == Some("ChildConflict")
+                    && e.type_.as_deref() == Some("Warning")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("api")
+            })
+    })
+    .await;
+
+    services
+        .delete("api", &DeleteParams::default())
+        .await
+        .unwrap();
+    Api::<ApiWorkload>::namespaced(client.clone(), &ns.name)
+        .patch(
+            "api",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"retry": "now"}}})),
+        )
+        .await
+        .unwrap();
+    wait_deployment(
+        &client,
+        &ns.name,
+        "api",
+        "the Deployment, once the name is free",
+        |_| true,
+    )
+    .await;
+    let ours = services.get("api").await.unwrap();
+    assert!(
+        ours.metadata
+            .owner_references
+            .unwrap_or_default()
+            .iter()
+            .any(|o| o.controller == Some(true) && o.kind == "ApiWorkload"),
+        "the new Service is the workload's"
+    );
+}

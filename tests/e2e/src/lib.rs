@@ -20,12 +20,26 @@ use kube::{
     config::{KubeConfigOptions, Kubeconfig},
 };
 
-/// The repository's top directory.
+/// The repository's top directory: the nearest directory holding `Cargo.lock` above
+/// the package cargo runs (its `CARGO_MANIFEST_DIR` at run time), else above this
+/// crate's source. Not only the compile-time path: CI's clones share one cargo target
+/// directory, so a build can be reused from a clone that no longer exists.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .expect("repo root")
+    let starts = [
+        std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from),
+        Some(PathBuf::from(env!("CARGO_MANIFEST_DIR"))),
+        std::env::current_dir().ok(),
+    ];
+    starts
+        .into_iter()
+        .flatten()
+        .find_map(|start| {
+            start
+                .ancestors()
+                .find(|d| d.join("Cargo.lock").is_file() && d.join("tests/cluster").is_dir())
+                .map(Path::to_path_buf)
+        })
+        .expect("the repository root (a directory with Cargo.lock and tests/cluster)")
 }
 
 /// A running control plane: where its kubeconfig is and where its binaries live.
