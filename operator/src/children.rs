@@ -185,6 +185,8 @@ struct Verified {
     /// Its resourceVersion: the watch event that carries it is the echo of our own
     /// write (or read), which the reconcile that made it already knows.
     resource_version: Option<String>,
+    /// UID of its controlling owner.
+    controller: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -218,15 +220,21 @@ impl ChildIndex {
     }
 
     /// Whether the child is exactly as we last applied or verified it, for `desired`'s
-    /// fingerprint, and still controlled by `owner`.
+    /// fingerprint, and still controlled by `owner`. A child we wrote whose watch event
+    /// is not in yet counts as we wrote it: were it changed or deleted meanwhile, those
+    /// events follow ours and trigger a reconcile (a delete forgets what we wrote).
     pub fn unchanged(&self, key: &Key, fingerprint: &str, owner: &str) -> bool {
         self.with(|i| {
-            let (Some(v), Some(seen)) = (i.verified.get(key), i.seen.get(key)) else {
+            let Some(v) = i.verified.get(key) else {
                 return false;
             };
-            v.print == fingerprint
-                && seen.version == v.version
-                && seen.controller.as_deref() == Some(owner)
+            let as_written = match i.seen.get(key) {
+                Some(seen) => {
+                    seen.version == v.version && seen.controller.as_deref() == Some(owner)
+                }
+                None => v.controller.as_deref() == Some(owner),
+            };
+            v.print == fingerprint && as_written
         })
     }
 
@@ -236,6 +244,7 @@ impl ChildIndex {
             print: fingerprint,
             version: version(meta),
             resource_version: meta.resource_version.clone(),
+            controller: controller_uid(meta),
         };
         self.with(|i| i.verified.insert(key, verified));
     }
@@ -564,6 +573,10 @@ mod tests {
         );
         feed(&index, vec![Event::Delete(deployment(2, 1, "u1"))]);
         assert!(index.absent(&key));
+        assert!(
+            !index.unchanged(&key, "f1", "u1"),
+            "a deleted child is no longer as we wrote it"
+        );
     }
 
     #[test]
@@ -573,6 +586,11 @@ mod tests {
         let ours = deployment(1, 0, "u1");
         let key = ours.key().unwrap();
         index.verified(key.clone(), "f1".into(), &ours.metadata);
+        assert!(
+            index.unchanged(&key, "f1", "u1"),
+            "our own write, before its watch event"
+        );
+        assert!(!index.unchanged(&key, "f1", "u2"));
         assert_eq!(
             feed(&index, vec![Event::Apply(ours.clone())]),
             0,

@@ -626,7 +626,7 @@ async fn reconcile_inner(aw: &ApiWorkload, ctx: &Context) -> Result<&'static str
         };
         if current.as_ref() != Some(&status) {
             let patch = json!({"apiVersion": ApiWorkload::api_version(&()), "kind": ApiWorkload::kind(&()), "status": status});
-            match api
+            let written = match api
                 .patch_status(
                     &name,
                     &PatchParams::apply(FIELD_MANAGER).force(),
@@ -639,8 +639,10 @@ async fn reconcile_inner(aw: &ApiWorkload, ctx: &Context) -> Result<&'static str
                 result => result?,
             };
             ctx.metrics.count_write("status");
-            if let Ok(mut w) = ctx.status_written.lock() {
-                w.insert(uid, hash_status(&status));
+            // The status as the server stored it (it keeps timestamps to the second), so
+            // that the cache, once it holds our write, compares equal.
+            if let (Ok(mut w), Some(stored)) = (ctx.status_written.lock(), &written.status) {
+                w.insert(uid, hash_status(stored));
             }
             wrote = true;
         }
