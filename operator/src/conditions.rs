@@ -68,17 +68,21 @@ pub fn merge(
     (list, transitions)
 }
 
-/// Whether a transition deserves an Event. A flip of a known condition always does; a
-/// condition set for the first time only when it reports a problem, since a new
-/// workload's `ConfigConsistent=True` or `Ready=False (Pending)` tells nobody anything
-/// (and at a thousand workloads created at once, those Events are thousands of writes).
+/// Whether a transition deserves an Event: a problem, or the recovery from one. A
+/// condition's progress is not one (`Ready` going to `Pending` or `RollingOut`, or from
+/// there to `True`): the Deployment reports its rollouts itself, and at a thousand
+/// workloads created at once those Events were a thousand writes. Neither is a
+/// condition set for the first time unless it reports a problem: a new workload's
+/// `ConfigConsistent=True` tells nobody anything.
 pub fn worth_an_event(previous: &[Condition], transition: &Desired) -> bool {
     const PROGRESS: [&str; 2] = ["Pending", "RollingOut"];
-    match transition.status {
-        "Unknown" => false,
-        _ if previous.iter().any(|c| c.type_ == transition.type_) => true,
-        "False" => !PROGRESS.contains(&transition.reason.as_str()),
-        _ => false,
+    let progress = |reason: &str| PROGRESS.contains(&reason);
+    let before = previous.iter().find(|c| c.type_ == transition.type_);
+    match (transition.status, before) {
+        ("Unknown", _) => false,
+        ("False", _) => !progress(&transition.reason),
+        (_, Some(b)) => b.status == "False" && !progress(&b.reason),
+        (_, None) => false,
     }
 }
 
@@ -116,7 +120,7 @@ mod tests {
     }
 
     #[test]
-    fn events_for_flips_and_for_problems_not_for_a_new_workloads_progress() {
+    fn events_for_problems_and_recoveries_not_for_progress() {
         let d = |type_, ok, reason: &str| Desired::new(type_, ok, reason, "");
         let (known, _) = merge(
             &[],
@@ -133,8 +137,36 @@ mod tests {
             &[],
             d("ConfigConsistent", Some(false), "KeepAliveTooShort")
         ));
-        assert!(worth(&known, d("Ready", Some(true), "Available")));
+        assert!(
+            !worth(&known, d("Ready", Some(true), "Available")),
+            "a rollout finishing"
+        );
         assert!(!worth(&known, d("Ready", None, "Unknown")));
+        let (broken, _) = merge(
+            &known,
+            vec![d("Ready", Some(false), "Unavailable")],
+            Some(1),
+            t("2026-01-01T00:01:00Z"),
+        );
+        assert!(worth(&known, d("Ready", Some(false), "Unavailable")));
+        assert!(
+            worth(&broken, d("Ready", Some(true), "Available")),
+            "the recovery from a problem"
+        );
+        let (healthy, _) = merge(
+            &[],
+            vec![d("EventLoopResponsive", Some(true), "Responsive")],
+            Some(1),
+            t("2026-01-01T00:00:00Z"),
+        );
+        assert!(worth(
+            &healthy,
+            d("EventLoopResponsive", Some(false), "LoopStalled")
+        ));
+        assert!(!worth(
+            &healthy,
+            d("EventLoopResponsive", None, "NoReports")
+        ));
     }
 
     #[test]

@@ -106,6 +106,8 @@ pub struct Context {
     pub concurrency: u16,
     /// What the watches have seen of the children (see [`crate::children`]).
     pub children: Arc<ChildIndex>,
+    /// The workloads as the controller's watch caches them (set when it starts).
+    pub workloads: std::sync::OnceLock<reflector::Store<ApiWorkload>>,
     /// Hash of the status last written per ApiWorkload UID (pruned with the metrics).
     status_written: std::sync::Mutex<std::collections::HashMap<String, u64>>,
     /// Consecutive failures per ApiWorkload, for exponential backoff.
@@ -139,6 +141,7 @@ impl Context {
             keda_refresh: Duration::from_secs(30),
             concurrency: DEFAULT_CONCURRENCY,
             children: Default::default(),
+            workloads: Default::default(),
             status_written: Default::default(),
             failures: Default::default(),
         })
@@ -492,6 +495,18 @@ async fn reconcile_inner(aw: &ApiWorkload, ctx: &Context) -> Result<&'static str
     // A child's name taken by someone else's object: reported like any other problem,
     // then returned as the error (its backoff starts at a minute).
     let mut conflict = None;
+    // The status as the server holds it. The cached object can predate our own last
+    // status write (a reconcile can start the moment the last one ended, before the
+    // watch brings that write back): built on it, the new status would carry fresh
+    // transition times and be written again for nothing.
+    let status_api = Api::<ApiWorkload>::namespaced(ctx.client.clone(), &ns);
+    let uid = aw.uid().unwrap_or_default();
+    let known = match known_status(aw, ctx, &status_api, &uid).await {
+        Ok(known) => known,
+        // Deleted while we reconciled: garbage collection takes the children.
+        Err(kube::Error::Api(e)) if e.code == 404 => return Ok("noop"),
+        Err(e) => return Err(e.into()),
+    };
     let mut status = match plan(&aw.spec) {
         Ok(plan) => {
             let rctx = RenderContext {
@@ -549,7 +564,7 @@ async fn reconcile_inner(aw: &ApiWorkload, ctx: &Context) -> Result<&'static str
             // Keep the last effective values: they still describe what runs.
             ApiWorkloadStatus {
                 conditions: vec![],
-                ..aw.status.clone().unwrap_or_default()
+                ..known.clone().unwrap_or_default()
             }
         }
     };
@@ -587,8 +602,7 @@ async fn reconcile_inner(aw: &ApiWorkload, ctx: &Context) -> Result<&'static str
         desired_conditions.extend(roll_up(&pods));
     }
 
-    let previous = aw
-        .status
+    let previous = known
         .as_ref()
         .map(|s| s.conditions.as_slice())
         .unwrap_or_default();
@@ -602,50 +616,27 @@ async fn reconcile_inner(aw: &ApiWorkload, ctx: &Context) -> Result<&'static str
     status.conditions = conditions;
     status.observed_generation = aw.metadata.generation;
 
-    if aw.status.as_ref() != Some(&status) {
-        let api = Api::<ApiWorkload>::namespaced(ctx.client.clone(), &ns);
-        let uid = aw.uid().unwrap_or_default();
-        let last_written = ctx
-            .status_written
-            .lock()
-            .ok()
-            .and_then(|w| w.get(&uid).copied());
-        // The cached object can predate our own last status write (its watch event not
-        // in yet): then confirm against the server before writing the same status twice.
-        let cache_behind =
-            last_written.is_some_and(|h| Some(h) != aw.status.as_ref().map(hash_status));
-        let current = if cache_behind {
-            match api.get_status(&name).await {
-                Ok(fresh) => fresh.status,
-                // Deleted while we reconciled: garbage collection takes the children.
-                Err(kube::Error::Api(e)) if e.code == 404 => return Ok("noop"),
-                Err(e) => return Err(e.into()),
-            }
-        } else {
-            aw.status.clone()
+    if known.as_ref() != Some(&status) {
+        let patch = json!({"apiVersion": ApiWorkload::api_version(&()), "kind": ApiWorkload::kind(&()), "status": status});
+        let written = match status_api
+            .patch_status(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+        {
+            // Deleted while we reconciled: garbage collection takes the children.
+            Err(kube::Error::Api(e)) if e.code == 404 => return Ok("noop"),
+            result => result?,
         };
-        if current.as_ref() != Some(&status) {
-            let patch = json!({"apiVersion": ApiWorkload::api_version(&()), "kind": ApiWorkload::kind(&()), "status": status});
-            let written = match api
-                .patch_status(
-                    &name,
-                    &PatchParams::apply(FIELD_MANAGER).force(),
-                    &Patch::Apply(&patch),
-                )
-                .await
-            {
-                // Deleted while we reconciled: garbage collection takes the children.
-                Err(kube::Error::Api(e)) if e.code == 404 => return Ok("noop"),
-                result => result?,
-            };
-            ctx.metrics.count_write("status");
-            // The status as the server stored it (it keeps timestamps to the second), so
-            // that the cache, once it holds our write, compares equal.
-            if let (Ok(mut w), Some(stored)) = (ctx.status_written.lock(), &written.status) {
-                w.insert(uid, hash_status(stored));
-            }
-            wrote = true;
+        ctx.metrics.count_write("status");
+        // The status as the server stored it (it keeps timestamps to the second), so
+        // that the cache, once it holds our write, compares equal.
+        if let (Ok(mut w), Some(stored)) = (ctx.status_written.lock(), &written.status) {
+            w.insert(uid, hash_status(stored));
         }
+        wrote = true;
     }
     let worth: Vec<Desired> = transitions
         .into_iter()
@@ -664,6 +655,52 @@ async fn reconcile_inner(aw: &ApiWorkload, ctx: &Context) -> Result<&'static str
         ctx.metrics.noop_reconciles.inc();
         "noop"
     })
+}
+
+/// The workload's status as the server holds it: the cached one, unless it is older
+/// than our last write; then the cached one once the watch brings that write (waiting
+/// a little), else the server's.
+async fn known_status(
+    aw: &ApiWorkload,
+    ctx: &Context,
+    api: &Api<ApiWorkload>,
+    uid: &str,
+) -> Result<Option<ApiWorkloadStatus>, kube::Error> {
+    let last_written = ctx
+        .status_written
+        .lock()
+        .ok()
+        .and_then(|w| w.get(uid).copied());
+    match last_written {
+        Some(h) if Some(h) != aw.status.as_ref().map(hash_status) => {
+            match status_once_cached(ctx, aw, h).await {
+                Some(cached) => Ok(cached),
+                None => Ok(api.get_status(&aw.name_any()).await?.status),
+            }
+        }
+        _ => Ok(aw.status.clone()),
+    }
+}
+
+/// The workload's status from the cache once it holds the status we last wrote
+/// (`written`, hashed), waiting up to 250 ms: watch events trail a write's response by
+/// milliseconds. None when it does not get there (or someone else wrote since).
+async fn status_once_cached(
+    ctx: &Context,
+    aw: &ApiWorkload,
+    written: u64,
+) -> Option<Option<ApiWorkloadStatus>> {
+    let store = ctx.workloads.get()?;
+    let key = ObjectRef::from(aw);
+    for _ in 0..25 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        if let Some(cached) = store.get(&key)
+            && cached.status.as_ref().map(hash_status) == Some(written)
+        {
+            return Some(cached.status.clone());
+        }
+    }
+    None
 }
 
 fn hash_status(status: &ApiWorkloadStatus) -> u64 {
@@ -744,6 +781,7 @@ pub async fn run(ctx: Arc<Context>) {
             .clone()
     };
     let (reader, writer) = reflector::store();
+    let _ = ctx.workloads.set(reader.clone());
     let workloads = watcher(
         Api::<ApiWorkload>::all(client.clone()),
         watcher::Config::default(),
