@@ -495,18 +495,6 @@ async fn reconcile_inner(aw: &ApiWorkload, ctx: &Context) -> Result<&'static str
     // A child's name taken by someone else's object: reported like any other problem,
     // then returned as the error (its backoff starts at a minute).
     let mut conflict = None;
-    // The status as the server holds it. The cached object can predate our own last
-    // status write (a reconcile can start the moment the last one ended, before the
-    // watch brings that write back): built on it, the new status would carry fresh
-    // transition times and be written again for nothing.
-    let status_api = Api::<ApiWorkload>::namespaced(ctx.client.clone(), &ns);
-    let uid = aw.uid().unwrap_or_default();
-    let known = match known_status(aw, ctx, &status_api, &uid).await {
-        Ok(known) => known,
-        // Deleted while we reconciled: garbage collection takes the children.
-        Err(kube::Error::Api(e)) if e.code == 404 => return Ok("noop"),
-        Err(e) => return Err(e.into()),
-    };
     let mut status = match plan(&aw.spec) {
         Ok(plan) => {
             let rctx = RenderContext {
@@ -561,13 +549,30 @@ async fn reconcile_inner(aw: &ApiWorkload, ctx: &Context) -> Result<&'static str
                 reason,
                 message,
             ));
-            // Keep the last effective values: they still describe what runs.
-            ApiWorkloadStatus {
-                conditions: vec![],
-                ..known.clone().unwrap_or_default()
-            }
+            // The last effective values are kept (below): they still describe what runs.
+            ApiWorkloadStatus::default()
         }
     };
+
+    // The status as the server holds it (read after the children, which do not depend on
+    // it, so that waiting for it never delays them). The cached object can predate our
+    // own last status write (a reconcile can start the moment the last one ended, before
+    // the watch brings that write back): built on it, the new status would carry fresh
+    // transition times and be written again for nothing.
+    let status_api = Api::<ApiWorkload>::namespaced(ctx.client.clone(), &ns);
+    let uid = aw.uid().unwrap_or_default();
+    let known = match known_status(aw, ctx, &status_api, &uid).await {
+        Ok(known) => known,
+        // Deleted while we reconciled: garbage collection takes the children.
+        Err(kube::Error::Api(e)) if e.code == 404 => return Ok("noop"),
+        Err(e) => return Err(e.into()),
+    };
+    if invalid {
+        status = ApiWorkloadStatus {
+            conditions: vec![],
+            ..known.clone().unwrap_or_default()
+        };
+    }
 
     // Readiness as fresh as we know it: what we just read or wrote, else what the
     // Deployment watch saw, else (before it synced) a read.

@@ -2,14 +2,16 @@
 //!
 //! 1. convergence of N ApiWorkloads created at once, against a baseline client (Rust,
 //!    same parallelism) that creates the same ApiWorkloads and writes the same children
-//!    and status itself: operator throughput / baseline throughput (target ≥ 0.8);
+//!    and status itself: operator throughput / baseline throughput (target ≥ 0.8), over
+//!    `--runs` runs that alternate which side goes first, each on a quiet cluster (the
+//!    ratio of the medians, and each run's);
 //! 2. operator RSS with 0, N and M workloads, and the slope per workload (target
 //!    ≤ 64 MiB at 1,000);
 //! 3. 100 spec edits on the idle operator: p50/p99 from the edit to the Deployment
 //!    carrying the new value (target p99 ≤ 200 ms); and a full resync (a restart) of
 //!    the N unchanged workloads performs 0 writes.
 //!
-//!     tests/bench/run operator-scale [--workloads 1000] [--max 5000] [--parallelism 32] [--runs 3]
+//!     tests/bench/run operator-scale [--workloads 1000] [--max 5000] [--parallelism 32] [--runs 3] [--convergence-only]
 
 use std::{
     process::{Child, Command, Stdio},
@@ -615,6 +617,13 @@ async fn main() -> anyhow::Result<()> {
         "  RSS {n:5} workloads                  {:6.1} MiB   target ≤ 64 at 1,000",
         mib(quantile(&rss_n, 0.5) as u64)
     );
+
+    if std::env::args().any(|a| a == "--convergence-only") {
+        drop(watched);
+        drop(op);
+        delete_namespace(&client, &ns).await?;
+        return Ok(());
+    }
 
     // 3a. 100 edits on the idle operator: edit → Deployment carries the new workers.
     eprintln!("100 edits…");
