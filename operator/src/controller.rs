@@ -950,22 +950,22 @@ mod tests {
     #[test]
     fn not_ready_says_whether_a_rollout_runs_is_stuck_or_is_done() {
         let reason = |d: Readiness| ready_condition(Some(d), 1).0.reason;
-        assert_eq!(
-            reason(progressing("True", "ReplicaSetUpdated")),
-            "RollingOut"
-        );
-        assert_eq!(
-            reason(progressing("True", "NewReplicaSetCreated")),
-            "RollingOut"
-        );
-        assert_eq!(
-            reason(progressing("True", "NewReplicaSetAvailable")),
-            "Unavailable"
-        );
-        assert_eq!(
-            reason(progressing("False", "ProgressDeadlineExceeded")),
-            "ProgressDeadlineExceeded"
-        );
+        for (status, progressing_reason, expected) in [
+            ("True", "ReplicaSetUpdated", "RollingOut"),
+            ("True", "NewReplicaSetCreated", "RollingOut"),
+            ("True", "NewReplicaSetAvailable", "Unavailable"),
+            (
+                "False",
+                "ProgressDeadlineExceeded",
+                "ProgressDeadlineExceeded",
+            ),
+        ] {
+            assert_eq!(
+                reason(progressing(status, progressing_reason)),
+                expected,
+                "Progressing={status} ({progressing_reason})"
+            );
+        }
         // No Progressing condition: pods lost after a rollout, or none ever ready.
         assert_eq!(reason(Readiness::of(&deployment(2, 1))), "Unavailable");
         assert_eq!(reason(Readiness::of(&deployment(2, 0))), "RollingOut");

@@ -16,13 +16,9 @@ mod support;
 use std::time::{Duration, Instant};
 
 use apiworkload_e2e::{PrivateCluster, TestNamespace, install_crds, wait_until};
-use apiworkload_operator::api::ApiWorkload;
 use faults::*;
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::{
-    Api,
-    api::{ListParams, Patch, PatchParams},
-};
+use kube::{Api, api::ListParams};
 use process::Operator;
 use support::*;
 
@@ -90,7 +86,6 @@ async fn expired_watches_list_again_without_a_restart() {
     let ns = TestNamespace::create(&client, "gone", &[]).await;
     create_many(&client, &ns.name, 5, fixed_spec(1)).await;
     wait_all_ready(&client, &ns.name, 5).await;
-    let api: Api<ApiWorkload> = Api::namespaced(client.clone(), &ns.name);
     let kinds = [
         "ApiWorkload",
         "Deployment",
@@ -134,13 +129,13 @@ async fn expired_watches_list_again_without_a_restart() {
     // Still the same process, and it still reconciles: an edit reaches the Deployment,
     // a new workload gets its children.
     assert!(op.running());
-    api.patch(
+    patch_workload(
+        &client,
+        &ns.name,
         "w000",
-        &PatchParams::default(),
-        &Patch::Merge(serde_json::json!({"spec": {"image": "registry.example/app:2"}})),
+        serde_json::json!({"spec": {"image": "registry.example/app:2"}}),
     )
-    .await
-    .unwrap();
+    .await;
     wait_deployment(&client, &ns.name, "w000", "the edit after expiry", |d| {
         app_container(d).image.as_deref() == Some("registry.example/app:2")
     })

@@ -255,18 +255,13 @@ async fn cpu_limit_change_moves_the_worker_count_and_back() {
     )
     .await;
 
-    let api: Api<ApiWorkload> = Api::namespaced(client.clone(), &ns.name);
     let set_cpu = |cpu: &'static str| {
-        let api = api.clone();
-        async move {
-            api.patch(
-                "api",
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"resources": {"limits": {"cpu": cpu}}}})),
-            )
-            .await
-            .unwrap();
-        }
+        patch_workload(
+            &client,
+            &ns.name,
+            "api",
+            json!({"spec": {"resources": {"limits": {"cpu": cpu}}}}),
+        )
     };
     set_cpu("3").await;
     let d = wait_deployment(
@@ -397,14 +392,13 @@ async fn removing_a_setting_removes_it_from_the_deployment() {
         policy("Always"),
     )
     .await;
-    Api::<ApiWorkload>::namespaced(client.clone(), &ns.name)
-        .patch(
-            "api",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"imagePullPolicy": null}})),
-        )
-        .await
-        .unwrap();
+    patch_workload(
+        &client,
+        &ns.name,
+        "api",
+        json!({"spec": {"imagePullPolicy": null}}),
+    )
+    .await;
     // The apiserver's default for a tagged image.
     wait_deployment(
         &client,
@@ -567,14 +561,13 @@ async fn a_name_taken_by_someone_elses_object_is_left_alone_and_reported() {
         .delete("api", &DeleteParams::default())
         .await
         .unwrap();
-    Api::<ApiWorkload>::namespaced(client.clone(), &ns.name)
-        .patch(
-            "api",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"annotations": {"retry": "now"}}})),
-        )
-        .await
-        .unwrap();
+    patch_workload(
+        &client,
+        &ns.name,
+        "api",
+        json!({"metadata": {"annotations": {"retry": "now"}}}),
+    )
+    .await;
     wait_deployment(
         &client,
         &ns.name,

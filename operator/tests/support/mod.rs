@@ -15,7 +15,10 @@ use apiworkload_operator::{
     render::RenderContext,
 };
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::{Api, Client, api::PostParams};
+use kube::{
+    Api, Client,
+    api::{Patch, PatchParams, PostParams},
+};
 
 /// Starts the controller on its own runtime thread; returns its metrics and a handle
 /// that aborts it (a crash, as far as the cluster can tell).
@@ -73,6 +76,14 @@ pub async fn create_workload(
         .create(&PostParams::default(), &aw)
         .await
         .unwrap()
+}
+
+/// Merge-patches an ApiWorkload (a spec edit, an annotation).
+pub async fn patch_workload(client: &Client, ns: &str, name: &str, patch: serde_json::Value) {
+    Api::<ApiWorkload>::namespaced(client.clone(), ns)
+        .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .unwrap();
 }
 
 /// The README's example (`examples/search-api.yaml`) in a new namespace that enforces
