@@ -152,7 +152,10 @@ pub struct Seen {
 
 /// A hash that changes when anything we apply could have drifted: the generation (or,
 /// for kinds without one, the resourceVersion), labels, annotations (our fingerprint
-/// among them) and owner references. A Deployment's status updates leave it alone.
+/// among them) and owner references. A Deployment's status updates leave it alone, and
+/// so do the Deployment controller's own annotations (`deployment.kubernetes.io/…`,
+/// the revision it sets on every new Deployment): they are not ours, and counting them
+/// cost a read of every new Deployment.
 pub fn version(meta: &ObjectMeta) -> u64 {
     let mut h = DefaultHasher::new();
     match meta.generation {
@@ -160,7 +163,11 @@ pub fn version(meta: &ObjectMeta) -> u64 {
         None => meta.resource_version.hash(&mut h),
     }
     meta.labels.hash(&mut h);
-    meta.annotations.hash(&mut h);
+    for annotation in meta.annotations.iter().flatten() {
+        if !annotation.0.starts_with("deployment.kubernetes.io/") {
+            annotation.hash(&mut h);
+        }
+    }
     for o in meta.owner_references.iter().flatten() {
         (&o.uid, o.controller).hash(&mut h);
     }
@@ -570,6 +577,28 @@ mod tests {
         assert!(
             !index.unchanged(&key, "f1", "u1"),
             "someone edited the spec"
+        );
+        index.verified(key.clone(), "f1".into(), &deployment(2, 1, "u1").metadata);
+        let annotated = |name: &str| {
+            let mut d = deployment(2, 1, "u1");
+            d.metadata
+                .annotations
+                .get_or_insert_default()
+                .insert(name.into(), "2".into());
+            d
+        };
+        feed(
+            &index,
+            vec![Event::Apply(annotated("deployment.kubernetes.io/revision"))],
+        );
+        assert!(
+            index.unchanged(&key, "f1", "u1"),
+            "the Deployment controller's revision is not ours"
+        );
+        feed(&index, vec![Event::Apply(annotated("example.com/note"))]);
+        assert!(
+            !index.unchanged(&key, "f1", "u1"),
+            "any other annotation may be drift"
         );
         feed(&index, vec![Event::Delete(deployment(2, 1, "u1"))]);
         assert!(index.absent(&key));

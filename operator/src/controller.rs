@@ -41,16 +41,14 @@ use serde_json::json;
 use tracing::{info, warn};
 
 use crate::{
-    api::{ApiWorkload, ApiWorkloadStatus, EffectiveTimings, ReplicasStatus, WorkersStatus},
+    api::{ApiWorkload, ApiWorkloadStatus},
     applied::{stamp, up_to_date},
-    children::{ChildIndex, Key, PodReport, Readiness, Rollout, track},
+    children::{ChildIndex, Key, PodReport, Readiness, track},
     conditions::{self, Desired},
     metrics::Metrics,
-    plan::{Plan, plan},
-    render::{
-        Autoscaler, RenderContext, Rendered, WORKLOAD_LABEL, command::display_command, render,
-    },
-    rollup::roll_up,
+    plan::plan,
+    render::{Autoscaler, RenderContext, Rendered, WORKLOAD_LABEL, render},
+    report::{Found, report},
 };
 
 /// The one field manager for every write.
@@ -92,6 +90,20 @@ impl Error {
 }
 
 /// Shared state of the controller.
+/// Our last status write to one ApiWorkload, as the server stored it (it keeps
+/// timestamps to the second), so that the cache, once it holds the write, compares equal.
+struct StatusWrite {
+    hash: u64,
+    /// The status itself, for the reconciles that start before the watch brings it
+    /// back; kept for [`STATUS_COPY_TTL`].
+    copy: Option<(Instant, ApiWorkloadStatus)>,
+}
+
+/// How long our own status write stands in for the cached one. Watch events trail a
+/// write by milliseconds, by seconds on a saturated server; a cache still different
+/// after this long has someone else's write, and the server is read.
+const STATUS_COPY_TTL: Duration = Duration::from_secs(10);
+
 pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
@@ -106,10 +118,8 @@ pub struct Context {
     pub concurrency: u16,
     /// What the watches have seen of the children (see [`crate::children`]).
     pub children: Arc<ChildIndex>,
-    /// The workloads as the controller's watch caches them (set when it starts).
-    pub workloads: std::sync::OnceLock<reflector::Store<ApiWorkload>>,
-    /// Hash of the status last written per ApiWorkload UID (pruned with the metrics).
-    status_written: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    /// Our last status write per ApiWorkload UID (pruned with the metrics).
+    status_written: std::sync::Mutex<std::collections::HashMap<String, StatusWrite>>,
     /// Consecutive failures per ApiWorkload, for exponential backoff.
     failures: std::sync::Mutex<std::collections::HashMap<ObjectRef<ApiWorkload>, u32>>,
 }
@@ -141,7 +151,6 @@ impl Context {
             keda_refresh: Duration::from_secs(30),
             concurrency: DEFAULT_CONCURRENCY,
             children: Default::default(),
-            workloads: Default::default(),
             status_written: Default::default(),
             failures: Default::default(),
         })
@@ -372,82 +381,6 @@ async fn apply_children(
     Ok((wrote, deployment.1))
 }
 
-/// Ready when the Deployment's pods are updated and ready, counting at least
-/// `min_replicas` (right after creation an HPA has not yet raised the Deployment's
-/// default of 1 to its minimum). While not ready, the reason says whether a rollout is
-/// under way (`RollingOut`), stuck past its deadline (`ProgressDeadlineExceeded`), or
-/// finished with pods since lost (`Unavailable`). The message counts ready pods only: a
-/// count of updated pods would change, and cost a status write, each time the
-/// Deployment controller moves a new rollout on by a step.
-fn ready_condition(deployment: Option<Readiness>, min_replicas: i32) -> (Desired, ReplicasStatus) {
-    let Some(d) = deployment else {
-        return (
-            Desired::new(
-                "Ready",
-                Some(false),
-                "Pending",
-                "the Deployment does not exist yet",
-            ),
-            ReplicasStatus::default(),
-        );
-    };
-    let desired = d.replicas.unwrap_or(1).max(min_replicas);
-    let (ready, updated) = (d.ready, d.updated);
-    let current = d.observed_generation >= d.generation;
-    let replicas = ReplicasStatus { desired, ready };
-    let counts = format!("{ready}/{desired} pods ready");
-    let cond = if current && ready >= desired && updated >= desired && desired > 0 {
-        Desired::new("Ready", Some(true), "Available", counts)
-    } else if desired == 0 {
-        Desired::new("Ready", Some(true), "ScaledToZero", "no replicas requested")
-    } else if current && d.rollout == Rollout::DeadlineExceeded {
-        Desired::new(
-            "Ready",
-            Some(false),
-            "ProgressDeadlineExceeded",
-            format!(
-                "the rollout made no progress within the Deployment's progress deadline: {counts}; see the pods' events"
-            ),
-        )
-    } else if !current
-        || updated < desired
-        || d.rollout == Rollout::InProgress
-        || (d.rollout == Rollout::Unknown && ready == 0)
-    {
-        Desired::new("Ready", Some(false), "RollingOut", counts)
-    } else {
-        Desired::new("Ready", Some(false), "Unavailable", counts)
-    };
-    (cond, replicas)
-}
-
-pub fn status_from_plan(plan: &Plan, rendered: &Rendered) -> ApiWorkloadStatus {
-    let s = &plan.sizing;
-    let b = &plan.budget;
-    ApiWorkloadStatus {
-        workers: Some(WorkersStatus {
-            count: s.workers,
-            threads: s.threads,
-            basis: s.basis.as_str().into(),
-            cores: s.cores,
-            memory_cap: s.memory_cap,
-        }),
-        effective: Some(EffectiveTimings {
-            keep_alive: b.keep_alive.to_string(),
-            request_timeout: b.request_timeout.to_string(),
-            worker_heartbeat: b.worker_heartbeat.to_string(),
-            graceful_shutdown: b.graceful_shutdown.to_string(),
-            pre_stop_sleep: b.drain.to_string(),
-            termination_grace_period: b.termination_grace_period.to_string(),
-            startup_budget: b.startup.to_string(),
-        }),
-        command: Some(display_command(&rendered.command)),
-        autoscaler: Some(rendered.autoscaler.kind().into()),
-        warnings: plan.warnings.clone(),
-        ..Default::default()
-    }
-}
-
 /// Reconciles one ApiWorkload.
 pub async fn reconcile(aw: Arc<ApiWorkload>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
@@ -488,76 +421,32 @@ async fn reconcile_inner(aw: &ApiWorkload, ctx: &Context) -> Result<&'static str
     let ns = aw.namespace().ok_or(Error::NoNamespace)?;
     let name = aw.name_any();
     let keda = ctx.keda.load(Ordering::Relaxed);
-    let mut desired_conditions = Vec::new();
     let mut wrote = false;
-    let mut invalid = false;
     let mut deployment = None;
     // A child's name taken by someone else's object: reported like any other problem,
     // then returned as the error (its backoff starts at a minute).
     let mut conflict = None;
-    let mut status = match plan(&aw.spec) {
-        Ok(plan) => {
-            let rctx = RenderContext {
-                keda_available: keda,
-                ..ctx.render.clone()
-            };
-            let rendered = render(aw, &plan, &rctx);
-            let (wrote_children, applied) = match apply_children(aw, &rendered, keda, ctx).await {
-                Err(e @ Error::ChildConflict { .. }) => {
-                    conflict = Some(e);
-                    (false, None)
-                }
-                other => other?,
-            };
-            wrote |= wrote_children;
-            deployment = applied;
-            let note = &rendered.autoscaling_note;
-            desired_conditions.push(Desired::new(
-                "ConfigConsistent",
-                Some(true),
-                if plan.warnings.is_empty() {
-                    "BudgetsFit"
-                } else {
-                    "BudgetsFitWithWarnings"
-                },
-                if plan.warnings.is_empty() {
-                    "sizing, keep-alive and shutdown budgets fit together".to_string()
-                } else {
-                    plan.warnings.join("; ")
-                },
-            ));
-            desired_conditions.push(Desired::new(
-                "AutoscalingReady",
-                Some(note.ready),
-                note.reason,
-                note.message.clone(),
-            ));
-            status_from_plan(&plan, &rendered)
+    let planned = plan(&aw.spec).map(|plan| {
+        let rctx = RenderContext {
+            keda_available: keda,
+            ..ctx.render.clone()
+        };
+        let rendered = render(aw, &plan, &rctx);
+        (plan, rendered)
+    });
+    // An invalid spec applies nothing: the running workload keeps its last good
+    // configuration.
+    if let Ok((_, rendered)) = &planned {
+        match apply_children(aw, rendered, keda, ctx).await {
+            Err(e @ Error::ChildConflict { .. }) => conflict = Some(e),
+            other => (wrote, deployment) = other?,
         }
-        Err(violations) => {
-            // Nothing is applied: the running workload keeps its last good configuration.
-            invalid = true;
-            let reason = violations.first().map(|v| v.reason).unwrap_or("Invalid");
-            let message = violations
-                .iter()
-                .map(|v| v.message.as_str())
-                .collect::<Vec<_>>()
-                .join("; ");
-            desired_conditions.push(Desired::new(
-                "ConfigConsistent",
-                Some(false),
-                reason,
-                message,
-            ));
-            // The last effective values are kept (below): they still describe what runs.
-            ApiWorkloadStatus::default()
-        }
-    };
+    }
 
     // The status as the server holds it (read after the children, which do not depend on
-    // it, so that waiting for it never delays them). The cached object can predate our
-    // own last status write (a reconcile can start the moment the last one ended, before
-    // the watch brings that write back): built on it, the new status would carry fresh
+    // it, so that reading it never delays them). The cached object can predate our own
+    // last status write (a reconcile can start the moment the last one ended, before the
+    // watch brings that write back): built on it, the new status would carry fresh
     // transition times and be written again for nothing.
     let status_api = Api::<ApiWorkload>::namespaced(ctx.client.clone(), &ns);
     let uid = aw.uid().unwrap_or_default();
@@ -567,12 +456,6 @@ async fn reconcile_inner(aw: &ApiWorkload, ctx: &Context) -> Result<&'static str
         Err(kube::Error::Api(e)) if e.code == 404 => return Ok("noop"),
         Err(e) => return Err(e.into()),
     };
-    if invalid {
-        status = ApiWorkloadStatus {
-            conditions: vec![],
-            ..known.clone().unwrap_or_default()
-        };
-    }
 
     // Readiness as fresh as we know it: what we just read or wrote, else what the
     // Deployment watch saw, else (before it synced) a read.
@@ -585,16 +468,8 @@ async fn reconcile_inner(aw: &ApiWorkload, ctx: &Context) -> Result<&'static str
             .as_ref()
             .map(Readiness::of),
     };
-    let (mut ready, replicas) = ready_condition(readiness, aw.spec.scaling.min_replicas);
-    if let Some(e) = &conflict {
-        ready = Desired::new("Ready", Some(false), "ChildConflict", e.to_string());
-    }
-    ctx.metrics
-        .set_workload_ready(&ns, &name, ready.status == "True");
-    desired_conditions.insert(0, ready);
-    status.replicas = Some(replicas);
-    if aw.spec.diagnostics.enabled {
-        let pods = match ctx.children.pods(&ns, &name) {
+    let pods = if aw.spec.diagnostics.enabled {
+        Some(match ctx.children.pods(&ns, &name) {
             Some(pods) => pods,
             None => Api::<Pod>::namespaced(ctx.client.clone(), &ns)
                 .list(&ListParams::default().labels(&format!("{WORKLOAD_LABEL}={name}")))
@@ -603,23 +478,27 @@ async fn reconcile_inner(aw: &ApiWorkload, ctx: &Context) -> Result<&'static str
                 .iter()
                 .map(PodReport::of)
                 .collect(),
-        };
-        desired_conditions.extend(roll_up(&pods));
-    }
-
-    let previous = known
-        .as_ref()
-        .map(|s| s.conditions.as_slice())
-        .unwrap_or_default();
-    let (conditions, transitions) = conditions::merge(
-        previous,
-        desired_conditions,
-        aw.metadata.generation,
+        })
+    } else {
+        None
+    };
+    let found = Found {
+        readiness,
+        conflict: conflict.as_ref().map(Error::to_string),
+        pods,
+    };
+    let (status, transitions) = report(
+        aw,
+        planned.as_ref().map(|(p, r)| (p, r)).map_err(Vec::as_slice),
+        &found,
+        known.as_ref(),
         Time(Timestamp::now()),
     );
-    status.reason = conditions::headline(&conditions);
-    status.conditions = conditions;
-    status.observed_generation = aw.metadata.generation;
+    let ready = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    ctx.metrics.set_workload_ready(&ns, &name, ready);
 
     if known.as_ref() != Some(&status) {
         let patch = json!({"apiVersion": ApiWorkload::api_version(&()), "kind": ApiWorkload::kind(&()), "status": status});
@@ -638,11 +517,19 @@ async fn reconcile_inner(aw: &ApiWorkload, ctx: &Context) -> Result<&'static str
         ctx.metrics.count_write("status");
         // The status as the server stored it (it keeps timestamps to the second), so
         // that the cache, once it holds our write, compares equal.
-        if let (Ok(mut w), Some(stored)) = (ctx.status_written.lock(), &written.status) {
-            w.insert(uid, hash_status(stored));
+        if let (Ok(mut w), Some(stored)) = (ctx.status_written.lock(), written.status) {
+            let write = StatusWrite {
+                hash: hash_status(&stored),
+                copy: Some((Instant::now(), stored)),
+            };
+            w.insert(uid, write);
         }
         wrote = true;
     }
+    let previous = known
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
     let worth: Vec<Desired> = transitions
         .into_iter()
         .filter(|t| conditions::worth_an_event(previous, t))
@@ -652,7 +539,7 @@ async fn reconcile_inner(aw: &ApiWorkload, ctx: &Context) -> Result<&'static str
         return Err(e);
     }
 
-    Ok(if invalid {
+    Ok(if planned.is_err() {
         "invalid"
     } else if wrote {
         "applied"
@@ -662,50 +549,36 @@ async fn reconcile_inner(aw: &ApiWorkload, ctx: &Context) -> Result<&'static str
     })
 }
 
-/// The workload's status as the server holds it: the cached one, unless it is older
-/// than our last write; then the cached one once the watch brings that write (waiting
-/// a little), else the server's.
+/// The workload's status as the server holds it: the cached one, unless it differs
+/// from our last write; then that write while the watch may not have brought it back
+/// yet (no read, no wait), else the server's (someone else wrote since).
 async fn known_status(
     aw: &ApiWorkload,
     ctx: &Context,
     api: &Api<ApiWorkload>,
     uid: &str,
 ) -> Result<Option<ApiWorkloadStatus>, kube::Error> {
-    let last_written = ctx
-        .status_written
-        .lock()
-        .ok()
-        .and_then(|w| w.get(uid).copied());
-    match last_written {
-        Some(h) if Some(h) != aw.status.as_ref().map(hash_status) => {
-            match status_once_cached(ctx, aw, h).await {
-                Some(cached) => Ok(cached),
-                None => Ok(api.get_status(&aw.name_any()).await?.status),
+    let cached = aw.status.as_ref().map(hash_status);
+    let ours = match ctx.status_written.lock() {
+        Ok(mut written) => match written.get_mut(uid) {
+            None => return Ok(aw.status.clone()),
+            // The watch brought our write back: the copy has done its job.
+            Some(w) if Some(w.hash) == cached => {
+                w.copy = None;
+                return Ok(aw.status.clone());
             }
-        }
-        _ => Ok(aw.status.clone()),
+            Some(w) => w
+                .copy
+                .as_ref()
+                .filter(|(at, _)| at.elapsed() < STATUS_COPY_TTL)
+                .map(|(_, status)| status.clone()),
+        },
+        Err(_) => None,
+    };
+    match ours {
+        Some(status) => Ok(Some(status)),
+        None => Ok(api.get_status(&aw.name_any()).await?.status),
     }
-}
-
-/// The workload's status from the cache once it holds the status we last wrote
-/// (`written`, hashed), waiting up to 250 ms: watch events trail a write's response by
-/// milliseconds. None when it does not get there (or someone else wrote since).
-async fn status_once_cached(
-    ctx: &Context,
-    aw: &ApiWorkload,
-    written: u64,
-) -> Option<Option<ApiWorkloadStatus>> {
-    let store = ctx.workloads.get()?;
-    let key = ObjectRef::from(aw);
-    for _ in 0..25 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        if let Some(cached) = store.get(&key)
-            && cached.status.as_ref().map(hash_status) == Some(written)
-        {
-            return Some(cached.status.clone());
-        }
-    }
-    None
 }
 
 fn hash_status(status: &ApiWorkloadStatus) -> u64 {
@@ -786,7 +659,6 @@ pub async fn run(ctx: Arc<Context>) {
             .clone()
     };
     let (reader, writer) = reflector::store();
-    let _ = ctx.workloads.set(reader.clone());
     let workloads = watcher(
         Api::<ApiWorkload>::all(client.clone()),
         watcher::Config::default(),
@@ -827,8 +699,11 @@ pub async fn run(ctx: Arc<Context>) {
             });
             let live: std::collections::HashSet<String> =
                 store.state().iter().filter_map(|aw| aw.uid()).collect();
-            if let Ok(mut w) = pruned.status_written.lock() {
-                w.retain(|uid, _| live.contains(uid));
+            if let Ok(mut written) = pruned.status_written.lock() {
+                written.retain(|uid, _| live.contains(uid));
+                for w in written.values_mut() {
+                    w.copy.take_if(|(at, _)| at.elapsed() >= STATUS_COPY_TTL);
+                }
             }
         }
     });
@@ -925,86 +800,10 @@ async fn watch_keda(
 mod tests {
     use super::*;
 
-    fn deployment(replicas: i32, ready: i32) -> Deployment {
-        serde_json::from_value(json!({
-            "metadata": {"generation": 1},
-            "spec": {"replicas": replicas, "selector": {}, "template": {}},
-            "status": {"observedGeneration": 1, "readyReplicas": ready, "updatedReplicas": replicas}
-        }))
-        .unwrap()
-    }
-
-    fn progressing(status: &str, reason: &str) -> Readiness {
-        let mut d = Readiness::of(&deployment(2, 1));
-        d.rollout = Readiness::of(
-            &serde_json::from_value::<Deployment>(json!({
-                "metadata": {"generation": 1},
-                "status": {"conditions": [{"type": "Progressing", "status": status, "reason": reason}]}
-            }))
-            .unwrap(),
-        )
-        .rollout;
-        d
-    }
-
-    #[test]
-    fn not_ready_says_whether_a_rollout_runs_is_stuck_or_is_done() {
-        let reason = |d: Readiness| ready_condition(Some(d), 1).0.reason;
-        for (status, progressing_reason, expected) in [
-            ("True", "ReplicaSetUpdated", "RollingOut"),
-            ("True", "NewReplicaSetCreated", "RollingOut"),
-            ("True", "NewReplicaSetAvailable", "Unavailable"),
-            (
-                "False",
-                "ProgressDeadlineExceeded",
-                "ProgressDeadlineExceeded",
-            ),
-        ] {
-            assert_eq!(
-                reason(progressing(status, progressing_reason)),
-                expected,
-                "Progressing={status} ({progressing_reason})"
-            );
-        }
-        // No Progressing condition: pods lost after a rollout, or none ever ready.
-        assert_eq!(reason(Readiness::of(&deployment(2, 1))), "Unavailable");
-        assert_eq!(reason(Readiness::of(&deployment(2, 0))), "RollingOut");
-    }
-
-    #[test]
-    fn a_new_rollout_moving_on_keeps_the_condition_as_it_is() {
-        // As applied (no status yet), then as the Deployment controller reports it.
-        let applied: Deployment = serde_json::from_value(json!({
-            "metadata": {"generation": 1},
-            "spec": {"replicas": 1, "selector": {}, "template": {}}
-        }))
-        .unwrap();
-        let mut started = Readiness::of(&deployment(1, 0));
-        started.rollout = Rollout::InProgress;
-        let first = ready_condition(Some(Readiness::of(&applied)), 1);
-        let second = ready_condition(Some(started), 1);
-        assert_eq!(first.0, second.0);
-        assert_eq!(first.1, second.1);
-    }
-
     #[test]
     fn backoff_doubles_from_two_seconds_to_five_minutes() {
         let secs: Vec<u64> = (1..=10).map(|n| backoff(n).as_secs()).collect();
         assert_eq!(secs, [2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
         assert_eq!(backoff(u32::MAX).as_secs(), 300);
-    }
-
-    #[test]
-    fn ready_counts_at_least_the_minimum() {
-        let (c, r) = ready_condition(Some(Readiness::of(&deployment(1, 1))), 2);
-        assert_eq!(
-            (c.status, r.desired),
-            ("False", 2),
-            "the HPA has not raised replicas yet"
-        );
-        let (c, _) = ready_condition(Some(Readiness::of(&deployment(2, 2))), 2);
-        assert_eq!((c.status, c.reason.as_str()), ("True", "Available"));
-        let (c, _) = ready_condition(None, 2);
-        assert_eq!(c.reason, "Pending");
     }
 }

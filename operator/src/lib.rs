@@ -14,5 +14,6 @@ pub mod leader;
 pub mod metrics;
 pub mod plan;
 pub mod render;
+pub mod report;
 pub mod rollup;
 pub mod sizing;

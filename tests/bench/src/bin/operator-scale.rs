@@ -19,18 +19,22 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use apiworkload_bench::{arg, mib, quantile, rss_bytes, target_dir};
-use apiworkload_e2e::{Cluster, free_port, http_get_blocking, install_crds, unique_suffix};
+use apiworkload_bench::{arg, cpu_time, mib, quantile, rss_bytes, target_dir};
+use apiworkload_e2e::{
+    Cluster, PrivateCluster, free_port, http_get_blocking, install_crds, unique_suffix,
+};
 use apiworkload_operator::{
     api::ApiWorkload,
+    children::Readiness,
     plan::plan,
     render::{Autoscaler, RenderContext, render},
+    report::{Found, report},
 };
 use futures::{StreamExt, stream};
 use k8s_openapi::api::{apps::v1::Deployment, core::v1::Namespace};
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{DeleteParams, ListParams, PartialObjectMeta, Patch, PatchParams, PostParams},
+    api::{PartialObjectMeta, Patch, PatchParams, PostParams},
     runtime::{WatchStreamExt, reflector, watcher},
 };
 use serde_json::json;
@@ -62,19 +66,17 @@ async fn namespace(client: &Client, prefix: &str) -> anyhow::Result<String> {
     Ok(name)
 }
 
-/// Deletes a namespace and waits until it is gone (its workloads too), so the next
-/// phase starts from an empty cluster.
-async fn delete_namespace(client: &Client, name: &str) -> anyhow::Result<()> {
-    let api = Api::<Namespace>::all(client.clone());
-    api.delete(name, &DeleteParams::background()).await?;
-    let start = Instant::now();
-    while api.get_opt(name).await?.is_some() {
-        if start.elapsed() > Duration::from_secs(600) {
-            bail!("namespace {name} still terminating after 10 minutes");
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    Ok(())
+/// A control plane started for one run (tests/cluster/up in a private state dir, with
+/// the CRDs), stopped and removed when dropped.
+async fn fresh_cluster() -> anyhow::Result<(PrivateCluster, Client)> {
+    let cluster = tokio::task::spawn_blocking(|| {
+        let cluster = PrivateCluster::up("bench");
+        install_crds(&cluster);
+        cluster
+    })
+    .await?;
+    let client = cluster.client().await;
+    Ok((cluster, client))
 }
 
 async fn create_all(
@@ -288,7 +290,9 @@ fn settle(cluster: &Cluster) {
     );
 }
 
-/// What the operator writes for one workload, written directly (server-side apply).
+/// What the operator writes for one workload, written directly (server-side apply):
+/// the same children, and the same status (conditions included) as the operator's
+/// first reconcile reports, from the same pure function.
 async fn write_children(client: Client, aw: ApiWorkload) -> anyhow::Result<()> {
     let ns = aw.namespace().context("namespace")?;
     let plan = plan(&aw.spec).map_err(|v| anyhow::anyhow!("{v:?}"))?;
@@ -299,7 +303,7 @@ async fn write_children(client: Client, aw: ApiWorkload) -> anyhow::Result<()> {
         ($t:ty, $obj:expr) => {
             Api::<$t>::namespaced(client.clone(), &ns)
                 .patch(&name, &pp, &Patch::Apply($obj))
-                .await?;
+                .await?
         };
     }
     if let Some((sa, rb)) = &r.identity {
@@ -307,7 +311,7 @@ async fn write_children(client: Client, aw: ApiWorkload) -> anyhow::Result<()> {
         apply!(k8s_openapi::api::rbac::v1::RoleBinding, rb);
     }
     apply!(k8s_openapi::api::core::v1::Service, &r.service);
-    apply!(Deployment, &r.deployment);
+    let deployment = apply!(Deployment, &r.deployment);
     if let Some(pdb) = &r.pdb {
         apply!(k8s_openapi::api::policy::v1::PodDisruptionBudget, pdb);
     }
@@ -317,9 +321,15 @@ async fn write_children(client: Client, aw: ApiWorkload) -> anyhow::Result<()> {
             hpa.as_ref()
         );
     }
-    // The effective values the operator reports, for this generation.
-    let mut status = apiworkload_operator::controller::status_from_plan(&plan, &r);
-    status.observed_generation = aw.metadata.generation;
+    let found = Found {
+        readiness: Some(Readiness::of(&deployment)),
+        conflict: None,
+        // No pods yet: the sidecars' conditions await their reports.
+        pods: aw.spec.diagnostics.enabled.then(Vec::new),
+    };
+    let now =
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
+    let (status, _) = report(&aw, Ok((&plan, &r)), &found, None, now);
     let status = json!({
         "apiVersion": ApiWorkload::api_version(&()), "kind": ApiWorkload::kind(&()),
         "status": status,
@@ -398,14 +408,72 @@ fn settled_rss(op: &Operator) -> u64 {
     quantile(&samples, 0.5) as u64
 }
 
-/// One timed convergence: how long, and the API server's requests meanwhile.
+/// With `--pprof DIR`: a 40 s CPU profile of kube-apiserver from the start of each
+/// run, saved as DIR/<side>-<n>.pprof (`go tool pprof -top` reads it).
+fn profile_apiserver(cluster: &Cluster, side: &str) -> Option<Child> {
+    let args: Vec<String> = std::env::args().collect();
+    let dir = args
+        .iter()
+        .position(|a| a == "--pprof")
+        .and_then(|i| args.get(i + 1))?;
+    std::fs::create_dir_all(dir).ok()?;
+    let n = (1..).find(|n| !std::path::Path::new(&format!("{dir}/{side}-{n}.pprof")).exists())?;
+    let out = std::fs::File::create(format!("{dir}/{side}-{n}.pprof")).ok()?;
+    cluster
+        .command("kubectl")
+        .args(["get", "--raw", "/debug/pprof/profile?seconds=40"])
+        .stdout(out)
+        .spawn()
+        .ok()
+}
+
+/// One timed convergence: how long, the API server's requests meanwhile, and the CPU
+/// each process used.
 struct Timed {
     elapsed: Duration,
     requests: std::collections::BTreeMap<String, f64>,
+    cpu: std::collections::BTreeMap<String, f64>,
+}
+
+/// CPU seconds used so far by each control-plane component (their pid files sit
+/// beside the kubeconfig), this benchmark (the baseline's client) and the operator.
+fn cpu_seconds(
+    cluster: &Cluster,
+    operator: Option<u32>,
+) -> std::collections::BTreeMap<String, f64> {
+    let mut pids: Vec<(String, u32)> = vec![("benchmark client".into(), std::process::id())];
+    pids.extend(operator.map(|p| ("operator".to_string(), p)));
+    if let Some(dir) = cluster.kubeconfig.parent() {
+        for entry in std::fs::read_dir(dir.join("pids"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let pid = std::fs::read_to_string(entry.path())
+                .ok()
+                .and_then(|p| p.trim().parse().ok());
+            pids.extend(pid.map(|p| (entry.file_name().to_string_lossy().into_owned(), p)));
+        }
+    }
+    pids.into_iter()
+        .filter_map(|(name, pid)| Some((name, cpu_time(pid)?.as_secs_f64())))
+        .collect()
+}
+
+fn cpu_since(
+    cluster: &Cluster,
+    operator: Option<u32>,
+    before: &std::collections::BTreeMap<String, f64>,
+) -> std::collections::BTreeMap<String, f64> {
+    let mut after = cpu_seconds(cluster, operator);
+    for (k, v) in after.iter_mut() {
+        *v -= before.get(k).copied().unwrap_or(0.0);
+    }
+    after
 }
 
 /// The baseline: no operator; the client creates the workloads, then writes their
-/// children and status itself. Leaves nothing behind.
+/// children and status itself.
 async fn baseline_run(
     cluster: &Cluster,
     client: &Client,
@@ -417,6 +485,8 @@ async fn baseline_run(
     let watched = Watched::start(client, &ns).await?;
     settle(cluster);
     let counted = request_counts(cluster);
+    let cpu = cpu_seconds(cluster, None);
+    let profile = profile_apiserver(cluster, "baseline");
     let t = Instant::now();
     let created = create_all(client, &ns, 0..n, parallelism).await?;
     let results: Vec<_> = stream::iter(created)
@@ -431,9 +501,11 @@ async fn baseline_run(
     let timed = Timed {
         elapsed: t.elapsed(),
         requests: requests_since(cluster, &counted),
+        cpu: cpu_since(cluster, None, &cpu),
     };
-    drop(watched);
-    delete_namespace(client, &ns).await?;
+    if let Some(mut p) = profile {
+        p.wait()?;
+    }
     Ok(timed)
 }
 
@@ -442,6 +514,7 @@ async fn baseline_run(
 async fn operator_run(
     cluster: &Cluster,
     client: &Client,
+    operator: &Operator,
     n: usize,
     parallelism: usize,
     limit: Duration,
@@ -450,13 +523,20 @@ async fn operator_run(
     let watched = Watched::start(client, &ns).await?;
     settle(cluster);
     let counted = request_counts(cluster);
+    let pid = Some(operator.child.id());
+    let cpu = cpu_seconds(cluster, pid);
+    let profile = profile_apiserver(cluster, "operator");
     let t = Instant::now();
     create_all(client, &ns, 0..n, parallelism).await?;
     watched.wait_converged(n, limit).await?;
     let timed = Timed {
         elapsed: t.elapsed(),
         requests: requests_since(cluster, &counted),
+        cpu: cpu_since(cluster, pid, &cpu),
     };
+    if let Some(mut p) = profile {
+        p.wait()?;
+    }
     Ok((timed, ns, watched))
 }
 
@@ -481,24 +561,13 @@ async fn main() -> anyhow::Result<()> {
     if !status.success() {
         bail!("cargo build failed");
     }
-    let cluster = tokio::task::spawn_blocking(|| Cluster::shared().clone()).await?;
-    let c = cluster.clone();
-    tokio::task::spawn_blocking(move || install_crds(&c)).await?;
-    let client = cluster.client().await;
     let limit = Duration::from_secs(900);
-    let leftovers = Api::<ApiWorkload>::all(client.clone())
-        .list(&ListParams::default())
-        .await?;
-    if !leftovers.items.is_empty() {
-        bail!(
-            "{} ApiWorkloads already exist (a terminating namespace?): the figures need an empty cluster",
-            leftovers.items.len()
-        );
-    }
 
-    // 1. Convergence, in runs that alternate which side goes first (A B, B A, …), so
-    // that neither always meets the cluster as the other left it. The operator runs
-    // only during its own runs: it would otherwise reconcile the baseline's workloads.
+    // 1. Convergence, in runs that alternate which side goes first (A B, B A, …). Each
+    // run gets a control plane of its own, started for it: on a shared one, each run met
+    // the state the earlier ones left (a growing etcd and watch cache, Events, the
+    // controllers' clean-up of deleted namespaces at their client's rate limit), and
+    // the same baseline took from 17 to 30 s.
     let mut baselines = Vec::new();
     let mut operators = Vec::new();
     let (mut rss_0, mut rss_n) = (Vec::new(), Vec::new());
@@ -506,6 +575,7 @@ async fn main() -> anyhow::Result<()> {
     for run in 0..runs {
         let operator_first = run % 2 == 1;
         for (i, operator_turn) in [operator_first, !operator_first].into_iter().enumerate() {
+            let (cluster, client) = fresh_cluster().await?;
             if !operator_turn {
                 eprintln!(
                     "run {}: baseline, {n} ApiWorkloads and their children written directly ({parallelism} at a time)…",
@@ -522,26 +592,25 @@ async fn main() -> anyhow::Result<()> {
                 "run {}: operator, {n} ApiWorkloads created at once…",
                 run + 1
             );
-            let (r, ns, watched) = operator_run(&cluster, &client, n, parallelism, limit).await?;
+            let (r, ns, watched) =
+                operator_run(&cluster, &client, &op, n, parallelism, limit).await?;
             eprintln!("  {:.1} s", r.elapsed.as_secs_f64());
             operators.push(r);
             rss_n.push(settled_rss(&op) as f64);
             if run + 1 == runs && i == 1 {
-                kept = Some((op, ns, watched));
-            } else {
-                drop(watched);
-                drop(op);
-                delete_namespace(&client, &ns).await?;
+                kept = Some((cluster, client, op, ns, watched));
             }
         }
     }
     // The later figures need the operator and its workloads: the last run's, or new ones.
-    let (op, ns, watched) = match kept {
+    let (cluster, client, op, ns, watched) = match kept {
         Some(k) => k,
         None => {
+            let (cluster, client) = fresh_cluster().await?;
             let op = Operator::start(&cluster, parallelism)?;
-            let (_, ns, watched) = operator_run(&cluster, &client, n, parallelism, limit).await?;
-            (op, ns, watched)
+            let (_, ns, watched) =
+                operator_run(&cluster, &client, &op, n, parallelism, limit).await?;
+            (cluster, client, op, ns, watched)
         }
     };
     let secs =
@@ -608,6 +677,36 @@ async fn main() -> anyhow::Result<()> {
             per(&base_requests, k)
         );
     }
+    let cpu = |runs: &[Timed]| {
+        let mut sum = std::collections::BTreeMap::<String, f64>::new();
+        for r in runs {
+            for (k, v) in &r.cpu {
+                *sum.entry(k.clone()).or_default() += v / runs.len() as f64;
+            }
+        }
+        sum
+    };
+    let (op_cpu, base_cpu) = (cpu(&operators), cpu(&baselines));
+    println!(
+        "    CPU seconds per run (mean)         {:>8} {:>8}",
+        "operator", "baseline"
+    );
+    println!(
+        "      {:36} {:8.1} {:8.1}",
+        "all",
+        all(&op_cpu),
+        all(&base_cpu)
+    );
+    let mut procs: Vec<&String> = op_cpu.keys().chain(base_cpu.keys()).collect();
+    procs.sort();
+    procs.dedup();
+    for k in procs {
+        println!(
+            "      {k:36} {:8.1} {:8.1}",
+            per(&op_cpu, k),
+            per(&base_cpu, k)
+        );
+    }
     let rss_0 = quantile(&rss_0, 0.5) as u64;
     println!(
         "  RSS   0 workloads                   {:6.1} MiB",
@@ -619,9 +718,9 @@ async fn main() -> anyhow::Result<()> {
     );
 
     if std::env::args().any(|a| a == "--convergence-only") {
-        drop(watched);
-        drop(op);
-        delete_namespace(&client, &ns).await?;
+        // The operator stops before its control plane.
+        drop((watched, op));
+        drop(cluster);
         return Ok(());
     }
 
@@ -721,7 +820,7 @@ async fn main() -> anyhow::Result<()> {
             (rss_max as f64 - rss_0 as f64) / max as f64 / 1024.0
         );
     }
-    drop(op);
-    delete_namespace(&client, &ns).await?;
+    drop((watched, op));
+    drop(cluster);
     Ok(())
 }
