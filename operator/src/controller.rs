@@ -89,7 +89,6 @@ impl Error {
     }
 }
 
-/// Shared state of the controller.
 /// Our last status write to one ApiWorkload, as the server stored it (it keeps
 /// timestamps to the second), so that the cache, once it holds the write, compares equal.
 struct StatusWrite {
@@ -104,6 +103,7 @@ struct StatusWrite {
 /// after this long has someone else's write, and the server is read.
 const STATUS_COPY_TTL: Duration = Duration::from_secs(10);
 
+/// Shared state of the controller.
 pub struct Context {
     pub client: Client,
     pub recorder: Recorder,

@@ -3,15 +3,19 @@
 //! 1. convergence of N ApiWorkloads created at once, against a baseline client (Rust,
 //!    same parallelism) that creates the same ApiWorkloads and writes the same children
 //!    and status itself: operator throughput / baseline throughput (target ≥ 0.8), over
-//!    `--runs` runs that alternate which side goes first, each on a quiet cluster (the
-//!    ratio of the medians, and each run's);
+//!    `--runs` runs that alternate which side goes first, each on a control plane
+//!    started for it (the ratio of the medians, and each run's), with the API server's
+//!    requests and each process's CPU seconds side by side;
 //! 2. operator RSS with 0, N and M workloads, and the slope per workload (target
 //!    ≤ 64 MiB at 1,000);
 //! 3. 100 spec edits on the idle operator: p50/p99 from the edit to the Deployment
 //!    carrying the new value (target p99 ≤ 200 ms); and a full resync (a restart) of
 //!    the N unchanged workloads performs 0 writes.
 //!
-//!     tests/bench/run operator-scale [--workloads 1000] [--max 5000] [--parallelism 32] [--runs 3] [--convergence-only]
+//! ```text
+//! tests/bench/run operator-scale [--workloads 1000] [--max 5000] [--parallelism 32] [--runs 3]
+//!     [--convergence-only] [--pprof DIR]
+//! ```
 
 use std::{
     process::{Child, Command, Stdio},
