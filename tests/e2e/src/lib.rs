@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a harness failure must fail the test loudly
 
 use std::{
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::Command,
     sync::OnceLock,
@@ -431,7 +432,10 @@ impl PythonServer {
             .iter()
             .map(|a| a.replace("{port}", &port.to_string()))
             .collect();
+        // Its own process group, so that drop stops the workers too: a killed gunicorn
+        // master leaves uvicorn workers running (they do not watch their parent).
         let child = Command::new(python_venv().join("bin").join(tool))
+            .process_group(0)
             .args(&args)
             .current_dir(repo_root().join("tests/apps"))
             .envs(env.iter().copied())
@@ -461,6 +465,10 @@ impl PythonServer {
 
 impl Drop for PythonServer {
     fn drop(&mut self) {
+        // The whole group (master and workers); then reap the master.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
