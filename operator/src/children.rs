@@ -26,7 +26,9 @@ use kube::{
     runtime::watcher::{self, Event},
 };
 
-use crate::{api::GROUP, render::WORKLOAD_LABEL};
+use apiworkload_contract::CONDITION_PREFIX;
+
+use crate::render::WORKLOAD_LABEL;
 
 /// A child: its kind, namespace and name (for pods, `<workload>/<pod>` so that one
 /// range scan finds a workload's pods).
@@ -117,7 +119,6 @@ pub struct PodReport {
 
 impl PodReport {
     pub fn of(pod: &Pod) -> PodReport {
-        let prefix = format!("{GROUP}/");
         PodReport {
             name: pod.name_any(),
             deleting: pod.metadata.deletion_timestamp.is_some(),
@@ -129,7 +130,7 @@ impl PodReport {
                 .flatten()
                 .filter_map(|c| {
                     Some(PodCondition {
-                        type_: c.type_.strip_prefix(&prefix)?.to_string(),
+                        type_: c.type_.strip_prefix(CONDITION_PREFIX)?.to_string(),
                         status: c.status.clone(),
                         reason: c.reason.clone(),
                     })

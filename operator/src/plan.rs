@@ -5,9 +5,12 @@
 
 use std::collections::BTreeSet;
 
+use apiworkload_contract::SidecarArgs;
+
 use crate::{
     api::{ApiWorkloadSpec, ServerKind},
     budget::{Budget, Violation, budget_for},
+    render::deployment::APP_UID,
     sizing::{Sizing, size_workers},
 };
 
@@ -23,6 +26,8 @@ pub struct Plan {
     pub budget: Budget,
     /// Concurrent requests one worker is expected to handle (autoscaling capacity).
     pub per_worker_concurrency: i32,
+    /// The sidecar's flags (rendered only when diagnostics are enabled).
+    pub sidecar: SidecarArgs,
     pub warnings: Vec<String>,
 }
 
@@ -43,7 +48,10 @@ pub fn plan(spec: &ApiWorkloadSpec) -> Result<Plan, Vec<Violation>> {
         .map_err(|v| violations.extend(v))
         .ok();
     violations.extend(passthrough_conflicts(spec));
-    let (Some(sizing), Some(budget)) = (sizing, budget) else {
+    let sidecar = sizing
+        .as_ref()
+        .and_then(|s| sidecar_args(spec, s).map_err(|v| violations.push(v)).ok());
+    let (Some(sizing), Some(budget), Some(sidecar)) = (sizing, budget, sidecar) else {
         return Err(violations);
     };
     if !violations.is_empty() {
@@ -83,7 +91,33 @@ pub fn plan(spec: &ApiWorkloadSpec) -> Result<Plan, Vec<Violation>> {
         sizing,
         budget,
         per_worker_concurrency,
+        sidecar,
         warnings,
+    })
+}
+
+/// What the sidecar is told of the app: the typed contract both binaries share, so every
+/// value here is one the sidecar parses.
+fn sidecar_args(spec: &ApiWorkloadSpec, sizing: &Sizing) -> Result<SidecarArgs, Violation> {
+    let port = |field: &str, value: i32| {
+        u16::try_from(value).map_err(|_| Violation {
+            reason: "InvalidPort",
+            message: format!("{field} must be a port from 1024 to 65535, not {value}"),
+        })
+    };
+    Ok(SidecarArgs {
+        app_port: port("spec.port", spec.port)?,
+        listen: (
+            [0, 0, 0, 0],
+            port("spec.diagnostics.port", spec.diagnostics.port)?,
+        )
+            .into(),
+        // Only the app's sockets count (not the sidecar's, nor another sidecar's).
+        app_uid: u32::try_from(APP_UID).ok(),
+        probe_path: spec.probes.path.clone(),
+        workers: u32::try_from(sizing.workers.max(1)).unwrap_or(1),
+        stall_threshold: spec.diagnostics.stall_threshold.0,
+        dns_probes: spec.dns.probe.clone(),
     })
 }
 

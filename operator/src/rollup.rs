@@ -2,11 +2,17 @@
 //! ApiWorkload conditions: any pod reporting False makes the roll-up False, with how many
 //! pods and which; pods that report nothing yet leave it Unknown.
 
+use apiworkload_contract::SidecarCondition;
+
 use crate::{children::PodReport, conditions::Desired};
 
 /// Condition types the sidecar writes on its pod (without the `apiworkload.io/` prefix).
-pub const SIDECAR_CONDITIONS: [&str; 3] =
-    ["EventLoopResponsive", "DNSHealthy", "ConnectionsReused"];
+/// The contract crate is the one list both binaries use.
+pub const SIDECAR_CONDITIONS: [&str; 3] = [
+    SidecarCondition::EventLoopResponsive.as_str(),
+    SidecarCondition::DnsHealthy.as_str(),
+    SidecarCondition::ConnectionsReused.as_str(),
+];
 
 /// At most this many pod names in a message.
 const NAMES_SHOWN: usize = 3;

@@ -2,6 +2,7 @@
 //! with hysteresis: a condition turns False after `FALSE_AFTER` bad windows in a row and
 //! back to True after `TRUE_AFTER` good ones, so one slow probe does not flap it.
 
+use apiworkload_contract::SidecarCondition;
 use serde::Serialize;
 
 /// Bad windows in a row before a condition turns False.
@@ -273,9 +274,9 @@ pub struct Condition {
 }
 
 impl Condition {
-    fn new(type_: &'static str, healthy_reason: &str) -> Self {
+    fn new(type_: SidecarCondition, healthy_reason: &str) -> Self {
         Condition {
-            type_,
+            type_: type_.as_str(),
             status: true,
             reason: healthy_reason.into(),
             message: String::new(),
@@ -329,9 +330,9 @@ pub struct Conditions {
 impl Default for Conditions {
     fn default() -> Self {
         Conditions {
-            event_loop: Condition::new("EventLoopResponsive", "Responsive"),
-            dns: Condition::new("DNSHealthy", "Healthy"),
-            connections: Condition::new("ConnectionsReused", "Reused"),
+            event_loop: Condition::new(SidecarCondition::EventLoopResponsive, "Responsive"),
+            dns: Condition::new(SidecarCondition::DnsHealthy, "Healthy"),
+            connections: Condition::new(SidecarCondition::ConnectionsReused, "Reused"),
             app_answered: false,
         }
     }

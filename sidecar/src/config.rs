@@ -2,45 +2,24 @@
 
 use std::{net::SocketAddr, path::PathBuf};
 
+use apiworkload_contract::{DEFAULT_HEARTBEAT_LISTEN, SidecarArgs, parse_duration};
 use clap::Parser;
 
 /// Diagnostics for a Python API server in the same pod.
 #[derive(Parser, Debug, Clone)]
 #[command(version)]
 pub struct Config {
-    /// Port the app listens on (same network namespace).
-    #[arg(long, env = "APIW_APP_PORT", default_value_t = 8000)]
-    pub app_port: u16,
-    /// Address of /metrics, /healthz and /report.
-    #[arg(long, env = "APIW_LISTEN", default_value = "0.0.0.0:9901")]
-    pub listen: SocketAddr,
-    /// UID the app runs as: only its sockets count (the operator renders 10001). Without
-    /// it, every socket but the sidecar's own counts.
-    #[arg(long, env = "APIW_APP_UID")]
-    pub app_uid: Option<u32>,
-    /// Cheap endpoint for canary requests.
-    #[arg(long, env = "APIW_PROBE_PATH", default_value = "/healthz")]
-    pub probe_path: String,
-    /// Worker processes of the app (one persistent canary connection each).
-    #[arg(long, env = "APIW_WORKERS", default_value_t = 1)]
-    pub workers: u32,
-    /// A canary slower than this counts as an event-loop stall.
-    #[arg(long, env = "APIW_STALL_THRESHOLD", default_value = "100ms", value_parser = parse_duration)]
-    pub stall_threshold: std::time::Duration,
+    /// What the operator tells the sidecar of the app (the shared contract: the operator
+    /// renders exactly these flags).
+    #[command(flatten)]
+    pub app: SidecarArgs,
     /// Canary period per connection (4 Hz: a stall's duration is known to ±period/2).
     #[arg(long, env = "APIW_CANARY_PERIOD", default_value = "250ms", value_parser = parse_duration)]
     pub canary_period: std::time::Duration,
     /// UDP address for the app's opt-in heartbeat (sidecar/python/apiworkload_heartbeat.py);
     /// each worker's datagrams reveal its own stalls exactly.
-    #[arg(long, env = "APIW_HEARTBEAT_LISTEN", default_value = "127.0.0.1:9902")]
+    #[arg(long, env = "APIW_HEARTBEAT_LISTEN", default_value = DEFAULT_HEARTBEAT_LISTEN)]
     pub heartbeat_listen: SocketAddr,
-    /// Keep-alive the operator rendered; inbound closes after about this idle time are
-    /// the server's keep-alive.
-    #[arg(long, env = "APIW_UPSTREAM_IDLE", default_value = "5s")]
-    pub upstream_idle: String,
-    /// A name to resolve as the app would (repeatable).
-    #[arg(long = "dns-probe", env = "APIW_DNS_PROBE", value_delimiter = ',')]
-    pub dns_probes: Vec<String>,
     /// Evaluation window of the conditions: one turns False after 3 bad windows in a row
     /// and True after 5 good ones.
     #[arg(long, env = "APIW_WINDOW", default_value = "10s", value_parser = parse_duration)]
@@ -79,20 +58,6 @@ pub enum SocketSource {
     Proc,
 }
 
-/// `30s`, `500ms`, `2m` → Duration.
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}"))?;
-    match unit {
-        "ms" => Ok(std::time::Duration::from_millis(n)),
-        "s" | "" => Ok(std::time::Duration::from_secs(n)),
-        "m" => Ok(std::time::Duration::from_secs(n * 60)),
-        _ => Err(format!("invalid duration {s:?}: use ms, s or m")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,13 +71,38 @@ mod tests {
             "--probe-path=/healthz",
             "--workers=5",
             "--stall-threshold=100ms",
-            "--upstream-idle=1m15s",
             "--app-uid=10001",
             "--dns-probe=api.example.com",
             "--dns-probe=db.internal",
         ])
         .unwrap();
-        assert_eq!(c.workers, 5);
-        assert_eq!(c.dns_probes, ["api.example.com", "db.internal"]);
+        assert_eq!(c.app.workers, 5);
+        assert_eq!(c.app.dns_probes, ["api.example.com", "db.internal"]);
+    }
+
+    /// The sidecar's own parser (the contract's flags flattened into its `Config`) reads
+    /// every duration form the CRD accepts: `1m30s` used to exit the sidecar with status 2.
+    #[test]
+    fn compound_and_hour_durations_start_the_sidecar() {
+        for stall in ["1m30s", "1h", "1.5s"] {
+            let c = Config::try_parse_from([
+                "apiworkload-sidecar".to_string(),
+                format!("--stall-threshold={stall}"),
+                format!("--window={stall}"),
+            ])
+            .unwrap_or_else(|e| panic!("{stall}: {e}"));
+            assert_eq!(c.app.stall_threshold, parse_duration(stall).unwrap());
+        }
+    }
+
+    /// What the operator renders for a whole pod parses as the sidecar's `Config`.
+    #[test]
+    fn rendered_contract_args_parse_as_the_config() {
+        let args = SidecarArgs::parse_args(["--workers=3", "--stall-threshold=1m30s"]).unwrap();
+        let c = Config::try_parse_from(
+            std::iter::once("apiworkload-sidecar".to_string()).chain(args.to_args()),
+        )
+        .unwrap();
+        assert_eq!(c.app, args);
     }
 }

@@ -72,7 +72,7 @@ async fn probe_dns(config: Config, state: AppState) {
         let conf = resolv::parse(&std::fs::read_to_string(&config.resolv_conf).unwrap_or_default());
         let nameservers = dns::nameserver_addrs(&conf, config.dns_port);
         let mut round = Vec::new();
-        for target in &config.dns_probes {
+        for target in &config.app.dns_probes {
             for mode in [Mode::AsApp, Mode::Fqdn] {
                 let lookup = dns::lookup(&conf, &nameservers, target, mode).await;
                 state.metrics.record(&lookup);
@@ -107,11 +107,11 @@ async fn probe_dns(config: Config, state: AppState) {
 /// Canaries on one persistent connection per worker; stalls reach /metrics every second.
 async fn watch_event_loop(config: Config, metrics: Arc<Metrics>, window: Arc<Mutex<Window>>) {
     let observations = canary::start(CanaryConfig {
-        app: std::net::SocketAddr::from(([127, 0, 0, 1], config.app_port)),
-        path: config.probe_path.clone(),
-        connections: config.workers.max(1) as usize,
+        app: std::net::SocketAddr::from(([127, 0, 0, 1], config.app.app_port)),
+        path: config.app.probe_path.clone(),
+        connections: config.app.workers.max(1) as usize,
         period: config.canary_period,
-        threshold: config.stall_threshold,
+        threshold: config.app.stall_threshold,
         give_up: std::time::Duration::from_secs(60),
     });
     let mut seen = report::CanarySeen::default();
@@ -121,7 +121,7 @@ async fn watch_event_loop(config: Config, metrics: Arc<Metrics>, window: Arc<Mut
         if let Ok(mut obs) = observations.lock() {
             let in_progress = obs
                 .oldest_inflight()
-                .filter(|d| *d > config.stall_threshold);
+                .filter(|d| *d > config.app.stall_threshold);
             let before = seen;
             let stalled = metrics.record_canary(&mut obs, &mut seen);
             if let Ok(mut w) = window.lock() {
@@ -157,7 +157,7 @@ async fn watch_heartbeats(config: Config, metrics: Arc<Metrics>, window: Arc<Mut
                 if let Ok(n) = received
                     && let Some(beat) = heartbeat::parse(&buf[..n])
                 {
-                    beats.on_beat(beat, std::time::Instant::now(), config.stall_threshold);
+                    beats.on_beat(beat, std::time::Instant::now(), config.app.stall_threshold);
                 }
             }
             _ = ticker.tick() => {
@@ -165,7 +165,7 @@ async fn watch_heartbeats(config: Config, metrics: Arc<Metrics>, window: Arc<Mut
                 let stalled = metrics.record_heartbeat(&mut beats, &mut seen);
                 if let Ok(mut w) = window.lock() {
                     w.heartbeat_stalled_seconds += stalled;
-                    if overdue.is_some_and(|d| d > config.stall_threshold) {
+                    if overdue.is_some_and(|d| d > config.app.stall_threshold) {
                         w.stalled_in_progress = true;
                     }
                 }
@@ -181,11 +181,11 @@ async fn watch_heartbeats(config: Config, metrics: Arc<Metrics>, window: Arc<Mut
 async fn watch_connections(config: Config, metrics: Arc<Metrics>, window: Arc<Mutex<Window>>) {
     use std::os::unix::fs::MetadataExt;
     let own_uid = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
-    let is_app = |uid: u32| match config.app_uid {
+    let is_app = |uid: u32| match config.app.app_uid {
         Some(app) => uid == app,
         None => Some(uid) != own_uid,
     };
-    let port = config.app_port;
+    let port = config.app.app_port;
     let mut outbound = sockets::OutboundTracker::default();
     let mut inbound = sockets::InboundTracker::default();
     let mut seen = (0, 0);
@@ -256,7 +256,7 @@ async fn watch_connections(config: Config, metrics: Arc<Metrics>, window: Arc<Mu
                 tables.into_iter().flatten().collect()
             }
         };
-        let (to_app, from_app) = sockets::classify(rows, port, config.listen.port(), is_app);
+        let (to_app, from_app) = sockets::classify(rows, port, config.app.listen.port(), is_app);
         let now = std::time::Instant::now();
         if std::mem::take(&mut first) {
             outbound.baseline(&from_app, now);
@@ -301,7 +301,7 @@ async fn evaluate_conditions(config: Config, state: AppState, writer: Option<Pod
             return;
         };
         acc.window_seconds = config.window.as_secs_f64();
-        let window = acc.finish(config.stall_threshold.as_secs_f64());
+        let window = acc.finish(config.app.stall_threshold.as_secs_f64());
         if let Ok(mut last) = state.last_window.lock() {
             *last = Some(window.clone());
         }
@@ -346,7 +346,7 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     // A pod without resolv.conf still gets a sidecar that serves; it reports no search list.
     let conf = resolv::parse(&std::fs::read_to_string(&config.resolv_conf).unwrap_or_default());
-    let expansions = report::search_expansions(&conf, &config.dns_probes);
+    let expansions = report::search_expansions(&conf, &config.app.dns_probes);
     let state = AppState {
         metrics: Arc::new(Metrics::new(&expansions)),
         window: Arc::default(),
@@ -356,8 +356,8 @@ async fn main() -> anyhow::Result<()> {
         lookups: Arc::default(),
         last_window: Arc::default(),
     };
-    state.metrics.set_app_workers(config.workers);
-    if !config.dns_probes.is_empty() {
+    state.metrics.set_app_workers(config.app.workers);
+    if !config.app.dns_probes.is_empty() {
         tokio::spawn(probe_dns(config.clone(), state.clone()));
     }
     tokio::spawn(watch_event_loop(
@@ -386,10 +386,10 @@ async fn main() -> anyhow::Result<()> {
         .route("/metrics", get(metrics))
         .route("/report", get(report_json))
         .with_state(state);
-    let listener = tokio::net::TcpListener::bind(config.listen)
+    let listener = tokio::net::TcpListener::bind(config.app.listen)
         .await
-        .with_context(|| format!("bind {}", config.listen))?;
-    info!(listen = %config.listen, "sidecar listening");
+        .with_context(|| format!("bind {}", config.app.listen))?;
+    info!(listen = %config.app.listen, "sidecar listening");
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;

@@ -24,8 +24,8 @@ use serde_json::{Value, json};
 
 use crate::conditions::{Conditions, format_time};
 
-/// Prefix of every condition type the sidecar writes.
-pub const CONDITION_PREFIX: &str = "apiworkload.io/";
+/// Prefix of every condition type the sidecar writes (shared with the operator).
+pub use apiworkload_contract::CONDITION_PREFIX;
 
 /// The strategic-merge patch that sets the three conditions.
 pub fn condition_patch(conditions: &Conditions, probed_at: SystemTime) -> Value {

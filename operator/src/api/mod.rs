@@ -5,7 +5,6 @@
 //! other fields (keep-alive per upstream, workers per CPU) live in `sizing`/`budget`
 //! and are reported in `.status`.
 
-pub mod duration;
 pub mod quantity;
 pub mod rules;
 
@@ -17,10 +16,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-pub use duration::GoDuration;
-
-/// Group of every resource and condition type this project owns.
-pub const GROUP: &str = "apiworkload.io";
+pub use apiworkload_contract::{GROUP, GoDuration, duration};
 
 /// A Python API service (FastAPI/Starlette/Django/Flask on gunicorn, uvicorn, granian or
 /// hypercorn) whose worker count, timeouts, probes, DNS and autoscaling the operator

@@ -208,28 +208,6 @@ fn app_container(aw: &ApiWorkload, plan: &Plan, command: &[String]) -> Container
     }
 }
 
-/// Arguments the sidecar gets from the spec (see `apiworkload-sidecar --help`).
-pub fn sidecar_args(aw: &ApiWorkload, plan: &Plan) -> Vec<String> {
-    let spec = &aw.spec;
-    let mut args = vec![
-        format!("--app-port={}", spec.port),
-        format!("--listen=0.0.0.0:{}", spec.diagnostics.port),
-        format!("--probe-path={}", spec.probes.path),
-        format!("--workers={}", plan.sizing.workers),
-        format!("--stall-threshold={}", spec.diagnostics.stall_threshold),
-        format!("--upstream-idle={}", plan.budget.keep_alive),
-        // Only the app's sockets count (not the sidecar's, nor another sidecar's).
-        format!("--app-uid={APP_UID}"),
-    ];
-    args.extend(
-        spec.dns
-            .probe
-            .iter()
-            .map(|name| format!("--dns-probe={name}")),
-    );
-    args
-}
-
 fn sidecar_container(aw: &ApiWorkload, plan: &Plan, ctx: &RenderContext) -> Container {
     let spec = &aw.spec;
     let q = |s: &str| Quantity(s.into());
@@ -243,7 +221,7 @@ fn sidecar_container(aw: &ApiWorkload, plan: &Plan, ctx: &RenderContext) -> Cont
         ),
         // A native sidecar: starts before the app and stops after it.
         restart_policy: Some("Always".into()),
-        args: Some(sidecar_args(aw, plan)),
+        args: Some(plan.sidecar.to_args()),
         env: Some(vec![
             field_env("POD_NAME", "metadata.name"),
             field_env("POD_NAMESPACE", "metadata.namespace"),

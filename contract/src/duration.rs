@@ -9,6 +9,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// The CRD pattern: one or more `<number><unit>` groups, units `ms`, `s`, `m`, `h`.
 pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$";
 
+/// Longest duration string accepted anywhere (the CRD declares the same `maxLength`).
+pub const MAX_LEN: usize = 32;
+
 /// A duration written like `90s` or `1m30s`.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct GoDuration(pub Duration);
@@ -29,9 +32,9 @@ impl GoDuration {
     /// Whole seconds, rounded up: probe and grace-period fields are integer seconds and
     /// must never come out shorter than the budget they carry.
     pub fn ceil_secs(&self) -> i64 {
-        let secs = self.0.as_secs() as i64;
+        let secs = i64::try_from(self.0.as_secs()).unwrap_or(i64::MAX);
         if self.0.subsec_nanos() > 0 {
-            secs + 1
+            secs.saturating_add(1)
         } else {
             secs
         }
@@ -46,45 +49,79 @@ pub struct DurationError(pub String);
 impl std::str::FromStr for GoDuration {
     type Err = DurationError;
 
+    /// Exact (integer nanoseconds, no float rounding) and total: a value too large for a
+    /// `Duration` is an error, never a panic or a wrap.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let err = || DurationError(s.to_string());
-        if s.is_empty() || s.len() > 32 {
+        if s.is_empty() || s.len() > MAX_LEN {
             return Err(err());
         }
-        let mut total = 0f64;
+        let mut total: u128 = 0;
         let mut rest = s;
         while !rest.is_empty() {
-            let num_len = rest
-                .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-                .ok_or_else(err)?;
-            let number: f64 = rest[..num_len].parse().map_err(|_| err())?;
-            rest = &rest[num_len..];
-            let (unit, len) = if rest.starts_with("ms") {
-                (0.001, 2)
-            } else if rest.starts_with('s') {
-                (1.0, 1)
-            } else if rest.starts_with('m') {
-                (60.0, 1)
-            } else if rest.starts_with('h') {
-                (3600.0, 1)
+            let int_len = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(err)?;
+            let (int, after) = rest.split_at(int_len);
+            let (frac, after) = match after.strip_prefix('.') {
+                Some(f) => {
+                    let len = f.find(|c: char| !c.is_ascii_digit()).ok_or_else(err)?;
+                    if len == 0 {
+                        return Err(err()); // `1.s`
+                    }
+                    f.split_at(len)
+                }
+                None => ("", after),
+            };
+            if int.is_empty() {
+                return Err(err()); // `.5s`
+            }
+            let (unit_nanos, len): (u128, usize) = if after.starts_with("ms") {
+                (1_000_000, 2)
+            } else if after.starts_with('s') {
+                (1_000_000_000, 1)
+            } else if after.starts_with('m') {
+                (60_000_000_000, 1)
+            } else if after.starts_with('h') {
+                (3_600_000_000_000, 1)
             } else {
                 return Err(err());
             };
-            total += number * unit;
-            rest = &rest[len..];
+            let int: u128 = int.parse().map_err(|_| err())?;
+            let mut nanos = int.checked_mul(unit_nanos).ok_or_else(err)?;
+            // Fractional digits beyond a nanosecond are dropped (as Go does).
+            let mut scale = unit_nanos;
+            for digit in frac.bytes() {
+                scale /= 10;
+                nanos += u128::from(digit - b'0') * scale;
+            }
+            total = total.checked_add(nanos).ok_or_else(err)?;
+            rest = &after[len..];
         }
-        Duration::try_from_secs_f64(total)
-            .map(GoDuration)
-            .map_err(|_| err())
+        let secs = u64::try_from(total / 1_000_000_000).map_err(|_| err())?;
+        Ok(GoDuration(Duration::new(
+            secs,
+            (total % 1_000_000_000) as u32,
+        )))
     }
+}
+
+/// The parser for `std::time::Duration` flags (clap's `value_parser`): the same forms the
+/// CRD accepts and the operator renders.
+pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
+    s.parse::<GoDuration>().map(|d| d.0)
 }
 
 impl fmt::Display for GoDuration {
     /// Go's form, as `kubectl` shows durations: `45s`, `1m15s`, `2m`, `1h`, `250ms`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
-        if ms == 0 {
+        let sub_ms = self.0.subsec_nanos() % 1_000_000;
+        if ms == 0 && sub_ms == 0 {
             return f.write_str("0s");
+        }
+        if sub_ms != 0 {
+            // Exact to the nanosecond, so that it parses back to the same value.
+            let frac = format!("{sub_ms:06}");
+            return write!(f, "{ms}.{}ms", frac.trim_end_matches('0'));
         }
         if !ms.is_multiple_of(1000) {
             return write!(f, "{ms}ms");
@@ -136,7 +173,7 @@ impl JsonSchema for GoDuration {
         json_schema!({
             "type": "string",
             "pattern": DURATION_PATTERN,
-            "maxLength": 32,
+            "maxLength": MAX_LEN,
         })
     }
 }
@@ -157,7 +194,19 @@ mod tests {
 
     #[test]
     fn rejects_what_the_crd_pattern_rejects() {
-        for bad in ["", "30", "s", "10 seconds", "-5s", "5d", "1m30"] {
+        for bad in [
+            "",
+            "30",
+            "s",
+            "10 seconds",
+            "-5s",
+            "5d",
+            "1m30",
+            ".5s",
+            "1.s",
+            "1..5s",
+            " 1s",
+        ] {
             assert!(
                 bad.parse::<GoDuration>().is_err(),
                 "{bad:?} should not parse"
@@ -177,6 +226,39 @@ mod tests {
             let g = GoDuration::from_millis(d);
             assert_eq!(g.to_string(), s);
             assert_eq!(s.parse::<GoDuration>().unwrap(), g);
+        }
+    }
+
+    #[test]
+    fn overflow_is_an_error_not_a_panic() {
+        for huge in [
+            "99999999999999999999999h",
+            "18446744073709551616s",
+            "9999999999999999h",
+        ] {
+            assert!(huge.parse::<GoDuration>().is_err(), "{huge}");
+        }
+        assert_eq!(
+            "1.0000000009s".parse::<GoDuration>().unwrap().0,
+            Duration::new(1, 0)
+        );
+        assert_eq!(
+            "0.1s".parse::<GoDuration>().unwrap().0,
+            Duration::from_millis(100)
+        );
+    }
+
+    proptest::proptest! {
+        /// Every duration Display prints parses back to itself, and what parses never panics.
+        #[test]
+        fn display_round_trips(secs in 0u64..(1u64 << 34), nanos in 0u32..1_000_000_000) {
+            let d = GoDuration(Duration::new(secs, nanos));
+            proptest::prop_assert_eq!(d.to_string().parse::<GoDuration>(), Ok(d));
+        }
+
+        #[test]
+        fn parsing_never_panics(s in "[0-9.mhs]{0,40}") {
+            let _ = s.parse::<GoDuration>();
         }
     }
 
