@@ -465,7 +465,7 @@ where
     events.filter_map(move |event| {
         let trigger = match event {
             Err(e) => {
-                tracing::warn!(kind = K::KIND, error = %e, "watch failed; retrying");
+                tracing::warn!(kind = K::KIND, error = %crate::log::bounded(&e.to_string(), crate::log::MAX_LOGGED), "watch failed; retrying");
                 None
             }
             Ok(Event::Init) => {
