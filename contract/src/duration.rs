@@ -6,8 +6,14 @@ use std::{borrow::Cow, fmt, time::Duration};
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// The CRD pattern: one or more `<number><unit>` groups, units `ms`, `s`, `m`, `h`.
-pub const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$";
+/// The form the CRD accepts: `<number><unit>` groups in the order h, m, s, ms, each
+/// number of at most 6 digits (and 9 decimals), so that no accepted value overflows a
+/// duration anywhere (Go's, and so CEL's, end at 2,562,047h). Empty is refused separately.
+pub const DURATION_PATTERN: &str = "^([0-9]{1,6}([.][0-9]{1,9})?h)?([0-9]{1,6}([.][0-9]{1,9})?m)?([0-9]{1,6}([.][0-9]{1,9})?s)?([0-9]{1,6}([.][0-9]{1,9})?ms)?$";
+
+/// The CEL rule every duration field carries (the apiserver prefixes the field's path).
+pub const DURATION_RULE_MESSAGE: &str =
+    "must be a duration such as 30s, 1m30s or 250ms (units h, m, s, ms, in that order)";
 
 /// Longest duration string accepted anywhere (the CRD declares the same `maxLength`).
 pub const MAX_LEN: usize = 32;
@@ -170,10 +176,14 @@ impl JsonSchema for GoDuration {
     }
 
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        // A CEL rule rather than `pattern`, whose refusal shows the bare regex.
         json_schema!({
             "type": "string",
-            "pattern": DURATION_PATTERN,
             "maxLength": MAX_LEN,
+            "x-kubernetes-validations": [{
+                "rule": format!("size(self) > 0 && self.matches('{DURATION_PATTERN}')"),
+                "message": DURATION_RULE_MESSAGE,
+            }],
         })
     }
 }

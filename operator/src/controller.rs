@@ -27,7 +27,7 @@ use kube::{
         ApiResource, DeleteParams, DynamicObject, GetParams, GroupVersionKind, ListParams, Patch,
         PatchParams,
     },
-    core::PartialObjectMeta,
+    core::{DeserializeGuard, PartialObjectMeta},
     runtime::{
         Controller, WatchStreamExt,
         controller::Action,
@@ -45,11 +45,18 @@ use crate::{
     applied::{stamp, up_to_date},
     children::{ChildIndex, Key, PodReport, Readiness, track},
     conditions::{self, Desired},
+    log::{MAX_LOGGED, bounded},
     metrics::Metrics,
     plan::plan,
     render::{Autoscaler, RenderContext, Rendered, WORKLOAD_LABEL, render},
     report::{Found, report},
+    unreadable,
 };
+
+/// The watched object: an ApiWorkload, or the metadata and error of one that does not
+/// decode, so that one bad object is reported on itself instead of failing the list that
+/// serves every namespace.
+pub type Watched = DeserializeGuard<ApiWorkload>;
 
 /// The one field manager for every write.
 pub const FIELD_MANAGER: &str = "apiworkload-operator";
@@ -121,7 +128,7 @@ pub struct Context {
     /// Our last status write per ApiWorkload UID (pruned with the metrics).
     status_written: std::sync::Mutex<std::collections::HashMap<String, StatusWrite>>,
     /// Consecutive failures per ApiWorkload, for exponential backoff.
-    failures: std::sync::Mutex<std::collections::HashMap<ObjectRef<ApiWorkload>, u32>>,
+    failures: std::sync::Mutex<std::collections::HashMap<ObjectRef<Watched>, u32>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -381,10 +388,20 @@ async fn apply_children(
     Ok((wrote, deployment.1))
 }
 
-/// Reconciles one ApiWorkload.
-pub async fn reconcile(aw: Arc<ApiWorkload>, ctx: Arc<Context>) -> Result<Action, Error> {
+/// Reconciles one ApiWorkload; one that does not decode is reported on itself.
+pub async fn reconcile(watched: Arc<Watched>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
-    let result = reconcile_inner(&aw, &ctx).await;
+    let aw = match &watched.0 {
+        Ok(aw) => aw,
+        Err(invalid) => {
+            let result = unreadable::report(invalid, &ctx).await;
+            ctx.metrics
+                .count_result(if result.is_ok() { "invalid" } else { "error" });
+            // Only an edit can make it readable, and an edit is a watch event.
+            return result.map(|()| Action::await_change());
+        }
+    };
+    let result = reconcile_inner(aw, &ctx).await;
     ctx.metrics
         .reconcile_duration
         .observe(started.elapsed().as_secs_f64());
@@ -403,7 +420,7 @@ pub async fn reconcile(aw: Arc<ApiWorkload>, ctx: Arc<Context>) -> Result<Action
     if result.is_ok()
         && let Ok(mut failures) = ctx.failures.lock()
     {
-        failures.remove(&ObjectRef::from(aw.as_ref()));
+        failures.remove(&ObjectRef::from(watched.as_ref()));
         ctx.metrics.backoff_workloads.set(failures.len() as i64);
     }
     result.map(|_| Action::requeue(RESYNC))
@@ -609,14 +626,14 @@ async fn publish_transitions(aw: &ApiWorkload, transitions: &[Desired], ctx: &Co
             secondary: None,
         };
         if let Err(e) = ctx.recorder.publish(&event, &aw.object_ref(&())).await {
-            warn!(error = %e, "could not publish event");
+            warn!(error = %bounded(&e.to_string(), MAX_LOGGED), "could not publish event");
         }
     }
 }
 
 /// Retry with exponential backoff per ApiWorkload: conflicts and outages resolve
 /// themselves quickly; a ChildConflict needs a human, so it starts at a minute.
-pub fn error_policy(aw: Arc<ApiWorkload>, err: &Error, ctx: Arc<Context>) -> Action {
+pub fn error_policy(aw: Arc<Watched>, err: &Error, ctx: Arc<Context>) -> Action {
     let failures = ctx
         .failures
         .lock()
@@ -632,7 +649,7 @@ pub fn error_policy(aw: Arc<ApiWorkload>, err: &Error, ctx: Arc<Context>) -> Act
         Error::ChildConflict { .. } => backoff(failures).max(Duration::from_secs(60)),
         _ => backoff(failures),
     };
-    warn!(apiworkload = %aw.name_any(), namespace = ?aw.namespace(), error = %err, failures, retry_in = ?delay, "reconcile failed");
+    warn!(apiworkload = %aw.name_any(), namespace = ?aw.namespace(), error = %bounded(&err.to_string(), MAX_LOGGED), failures, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }
 
@@ -659,10 +676,7 @@ pub async fn run(ctx: Arc<Context>) {
             .clone()
     };
     let (reader, writer) = reflector::store();
-    let workloads = watcher(
-        Api::<ApiWorkload>::all(client.clone()),
-        watcher::Config::default(),
-    )
+    let workloads = watcher(Api::<Watched>::all(client.clone()), watcher::Config::default())
     .default_backoff()
     .modify(|aw| aw.managed_fields_mut().clear())
     .inspect({
@@ -679,7 +693,7 @@ pub async fn run(ctx: Arc<Context>) {
     // Retried by the watch's own backoff; see `children::track` for why not passed on.
     .filter(|r| {
         if let Err(e) = r {
-            warn!(kind = "ApiWorkload", error = %e, "watch failed; retrying");
+            warn!(kind = "ApiWorkload", error = %bounded(&e.to_string(), MAX_LOGGED), "watch failed; retrying");
         }
         futures::future::ready(r.is_ok())
     });
@@ -694,7 +708,7 @@ pub async fn run(ctx: Arc<Context>) {
             every.tick().await;
             pruned.metrics.prune_workloads(|ns, name| {
                 store
-                    .get(&ObjectRef::<ApiWorkload>::new(name).within(ns))
+                    .get(&ObjectRef::<Watched>::new(name).within(ns))
                     .is_some()
             });
             let live: std::collections::HashSet<String> =
@@ -746,7 +760,7 @@ pub async fn run(ctx: Arc<Context>) {
             ),
             |pod: Pod| {
                 let name = pod.labels().get(WORKLOAD_LABEL)?.clone();
-                Some(ObjectRef::<ApiWorkload>::new(&name).within(&pod.namespace()?))
+                Some(ObjectRef::<Watched>::new(&name).within(&pod.namespace()?))
             },
         )
         .reconcile_all_on(refresh_rx)
@@ -756,7 +770,7 @@ pub async fn run(ctx: Arc<Context>) {
             // Reconcile errors are logged by error_policy; a watch error is retried with
             // backoff (a 410 Gone by a fresh list), but say so.
             if let Err(kube::runtime::controller::Error::QueueError(e)) = result {
-                warn!(error = %e, "watch failed; retrying");
+                warn!(error = %bounded(&e.to_string(), MAX_LOGGED), "watch failed; retrying");
             }
             futures::future::ready(())
         })
@@ -766,13 +780,14 @@ pub async fn run(ctx: Arc<Context>) {
 
 /// What a reconcile of a workload depends on, of the workload itself: its spec
 /// (generation), labels and annotations. Status is ours.
-fn spec_or_metadata(aw: &ApiWorkload) -> Option<u64> {
+fn spec_or_metadata(aw: &Watched) -> Option<u64> {
     use std::hash::{Hash, Hasher};
     let mut h = std::hash::DefaultHasher::new();
-    aw.metadata.generation.hash(&mut h);
-    aw.metadata.labels.hash(&mut h);
-    aw.metadata.annotations.hash(&mut h);
-    aw.metadata.deletion_timestamp.is_some().hash(&mut h);
+    let meta = aw.meta();
+    meta.generation.hash(&mut h);
+    meta.labels.hash(&mut h);
+    meta.annotations.hash(&mut h);
+    meta.deletion_timestamp.is_some().hash(&mut h);
     Some(h.finish())
 }
 

@@ -7,6 +7,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
+    time::Duration,
 };
 
 use anyhow::Context as _;
@@ -20,7 +21,7 @@ use apiworkload_operator::{
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use clap::Parser;
 use kube::{Api, Client, api::ListParams};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 /// Reconciles ApiWorkloads into Python API servers whose workers, timeouts, probes, DNS
 /// and autoscaling fit their pods.
@@ -111,8 +112,9 @@ async fn main() -> anyhow::Result<()> {
     let client = Client::try_default()
         .await
         .context("no Kubernetes configuration (KUBECONFIG or in-cluster)")?;
+    // Metadata only: one undecodable object must not stop the operator from starting.
     Api::<ApiWorkload>::all(client.clone())
-        .list(&ListParams::default().limit(1))
+        .list_metadata(&ListParams::default().limit(1))
         .await
         .context("the ApiWorkload CRD is not installed or not readable: kubectl apply -f crds/")?;
 
@@ -149,9 +151,19 @@ async fn main() -> anyhow::Result<()> {
     // Standbys are ready too: readiness means "healthy", leadership is in the metric.
     admin.ready.store(true, Ordering::Relaxed);
 
+    // On SIGTERM the controller finishes the reconciles in flight; whatever it waits on
+    // (an API server that does not answer, a watch in backoff), the process exits in time.
+    let deadline = async {
+        shutdown_signal().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+        warn!(grace = ?SHUTDOWN_GRACE, "not stopped within the grace period; exiting");
+    };
     if !args.leader_elect {
         metrics.set_leader(true);
-        controller::run(ctx).await;
+        tokio::select! {
+            _ = controller::run(ctx) => {}
+            _ = deadline => {}
+        }
         return Ok(());
     }
     let identity = std::env::var("POD_NAME")
@@ -164,11 +176,12 @@ async fn main() -> anyhow::Result<()> {
     );
     tokio::select! {
         _ = elector.acquire() => {}
-        _ = tokio::signal::ctrl_c() => return Ok(()),
+        _ = shutdown_signal() => return Ok(()),
     }
     metrics.set_leader(true);
     tokio::select! {
         _ = controller::run(ctx) => elector.release().await,
+        _ = deadline => elector.release().await,
         _ = elector.keep_renewing() => {
             metrics.set_leader(false);
             // Another replica reconciles now; exit so this one restarts as a standby.
@@ -176,6 +189,29 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// How long the controller may take to stop after SIGTERM before the process exits anyway
+/// (well inside the chart's 30 s termination grace period).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// SIGTERM (the kubelet) or SIGINT (a terminal).
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = terminate => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }
 
 fn hostname() -> String {

@@ -8,8 +8,9 @@ use std::collections::BTreeSet;
 use apiworkload_contract::SidecarArgs;
 
 use crate::{
-    api::{ApiWorkloadSpec, ServerKind},
-    budget::{Budget, Violation, budget_for},
+    api::rules::DERIVED_FLAGS,
+    api::{ApiWorkloadSpec, ServerKind, UpstreamKind, quantity::parse_quantity},
+    budget::{Budget, Violation, budget_for, upstream_profile},
     render::deployment::APP_UID,
     sizing::{Sizing, size_workers},
 };
@@ -60,22 +61,7 @@ pub fn plan(spec: &ApiWorkloadSpec) -> Result<Plan, Vec<Violation>> {
 
     let mut warnings = sizing.warnings.clone();
     warnings.extend(budget.warnings.iter().cloned());
-    for env in &spec.env {
-        if env.name == "GUNICORN_CMD_ARGS" && spec.server.is_gunicorn() {
-            warnings.push("spec.env sets GUNICORN_CMD_ARGS, which can override the rendered flags (workers, timeouts): move those settings into the spec".into());
-        }
-        if OWNED_ENV.contains(&env.name.as_str()) {
-            warnings.push(format!(
-                "spec.env sets {}, which the operator derives ({}); your value wins",
-                env.name,
-                if env.name == "WEB_CONCURRENCY" {
-                    "the worker count"
-                } else {
-                    "the core count"
-                }
-            ));
-        }
-    }
+    warnings.extend(risks(spec, &sizing, &budget));
     if spec.recycling.as_ref().is_some_and(|r| r.max_requests > 0)
         && spec.server == ServerKind::Granian
     {
@@ -95,6 +81,42 @@ pub fn plan(spec: &ApiWorkloadSpec) -> Result<Plan, Vec<Violation>> {
         warnings,
     })
 }
+
+/// Settings that are legal but break under load or on rollouts: said in
+/// `.status.warnings`, since refusing them would refuse real (if unwise) setups.
+fn risks(spec: &ApiWorkloadSpec, sizing: &Sizing, budget: &Budget) -> Vec<String> {
+    let mut out = Vec::new();
+    let upstream = spec.upstream.kind;
+    if upstream != UpstreamKind::None && budget.drain.0.is_zero() {
+        out.push(format!(
+            "spec.timeouts.drain is 0s behind {}: pods stop serving before the balancer stops sending to them, so every rollout answers 502s; remove it to derive {}",
+            upstream.as_str(),
+            upstream_profile(upstream).drain
+        ));
+    }
+    let per_worker = parse_quantity(&spec.workers.per_worker_memory).unwrap_or(0.0);
+    if per_worker < TYPICAL_WORKER_BYTES {
+        out.push(format!(
+            "spec.workers.perWorkerMemory ({}) is below 64Mi, less than a FastAPI worker uses at rest: the memory cap lets in more workers than fit, and the pod is OOM-killed under load",
+            spec.workers.per_worker_memory.0
+        ));
+    }
+    if let (Some(cores), Some(count)) = (sizing.cores, spec.workers.count) {
+        let runnable = 2 * cores + 1;
+        if count > runnable {
+            out.push(format!(
+                "spec.workers.count ({count}) is more than {cores} core(s) can run ({runnable} even for I/O-bound work): the processes contend for CPU and the CPU quota throttles the whole pod; lower it or raise spec.resources.limits.cpu"
+            ));
+        }
+    }
+    if spec.resources.limits.memory.is_none() {
+        out.push("spec.resources.limits.memory is unset: nothing caps the worker count by memory, and the pod grows until the node evicts it; set it".into());
+    }
+    out
+}
+
+/// Below this a Python web worker cannot even hold its imports.
+const TYPICAL_WORKER_BYTES: f64 = 64.0 * 1024.0 * 1024.0;
 
 /// What the sidecar is told of the app: the typed contract both binaries share, so every
 /// value here is one the sidecar parses.
@@ -168,6 +190,35 @@ fn passthrough_conflicts(spec: &ApiWorkloadSpec) -> Vec<Violation> {
             });
         }
     }
+    // The admission rules refuse these too; an object stored under an earlier CRD may
+    // still hold them, and running it would make status untrue.
+    for e in &spec.env {
+        let owned = OWNED_ENV.contains(&e.name.as_str());
+        if owned || (e.name == "GUNICORN_CMD_ARGS" && spec.server.is_gunicorn()) {
+            out.push(Violation {
+                reason: "DerivedSettingOverridden",
+                message: format!("spec.env sets {}, which would override what the operator derives: set the matching spec field instead (spec.workers.count, spec.resources.limits.cpu, spec.timeouts)", e.name),
+            });
+        }
+    }
+    for arg in &spec.extra_args {
+        let flag = arg.split('=').next().unwrap_or_default();
+        let derived = DERIVED_FLAGS.iter().find(|(flags, _)| {
+            flags.iter().any(|f| {
+                if f.starts_with("--") {
+                    *f == flag
+                } else {
+                    arg.starts_with(f)
+                }
+            })
+        });
+        if let Some((_, field)) = derived {
+            out.push(Violation {
+                reason: "DerivedSettingOverridden",
+                message: format!("spec.extraArgs sets {flag}, which the operator derives from {field}: set {field} instead"),
+            });
+        }
+    }
     let mut env_names = BTreeSet::new();
     for e in &spec.env {
         if !env_names.insert(e.name.as_str()) {
@@ -222,13 +273,40 @@ mod tests {
     }
 
     #[test]
-    fn gunicorn_cmd_args_is_warned() {
+    fn legal_but_dangerous_settings_are_warned() {
+        let mut s = spec();
+        s.upstream.kind = UpstreamKind::AwsAlb;
+        s.timeouts.drain = Some(crate::api::GoDuration::from_secs(0));
+        s.workers.per_worker_memory =
+            k8s_openapi::apimachinery::pkg::api::resource::Quantity("32Mi".into());
+        s.workers.count = Some(9);
+        s.resources.limits.memory = None;
+        let w = plan(&s).unwrap().warnings;
+        assert_eq!(w.len(), 4, "{w:#?}");
+        assert!(w[0].starts_with("spec.timeouts.drain is 0s behind aws-alb"));
+        assert!(w[1].contains("perWorkerMemory (32Mi)"));
+        assert!(w[2].contains("more than 2 core(s) can run (5"));
+        assert!(w[3].starts_with("spec.resources.limits.memory is unset"));
+    }
+
+    #[test]
+    fn derived_settings_in_env_or_extra_args_are_refused() {
         let mut s = spec();
         s.env = vec![EnvVar {
             name: "GUNICORN_CMD_ARGS".into(),
             value: Some("-w 9".into()),
             ..Default::default()
         }];
-        assert!(plan(&s).unwrap().warnings[0].contains("GUNICORN_CMD_ARGS"));
+        s.extra_args = vec![
+            "--workers=9".into(),
+            "-w9".into(),
+            "--log-level".into(),
+            "debug".into(),
+        ];
+        let v = plan(&s).unwrap_err();
+        let messages: Vec<_> = v.iter().map(|v| v.message.as_str()).collect();
+        assert_eq!(v.len(), 3, "{messages:?}");
+        assert!(messages[0].contains("GUNICORN_CMD_ARGS"));
+        assert!(messages[1].contains("spec.workers.count"));
     }
 }

@@ -16,10 +16,13 @@ mod support;
 use std::time::Duration;
 
 use apiworkload_e2e::{PrivateCluster, TestNamespace, poll_until};
-use apiworkload_operator::api::{duration::DURATION_PATTERN, rules::crd};
+use apiworkload_operator::api::rules::crd;
 use process::Operator;
 use serde_json::{Value, json};
 use support::*;
+
+/// The duration pattern of the earlier release: any number of digits.
+const EARLIER_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$";
 
 /// Today's CRD with the stall threshold as an earlier release declared it.
 fn earlier_crd() -> Value {
@@ -28,7 +31,7 @@ fn earlier_crd() -> Value {
         .pointer_mut("/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/diagnostics/properties/stallThreshold")
         .unwrap();
     let description = node["description"].clone();
-    *node = json!({"type": "string", "pattern": DURATION_PATTERN, "maxLength": 32, "description": description});
+    *node = json!({"type": "string", "pattern": EARLIER_PATTERN, "maxLength": 32, "description": description});
     crd
 }
 

@@ -5,6 +5,7 @@
 //! other fields (keep-alive per upstream, workers per CPU) live in `sizing`/`budget`
 //! and are reported in `.status`.
 
+pub mod bounds;
 pub mod quantity;
 pub mod rules;
 

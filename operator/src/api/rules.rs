@@ -10,7 +10,10 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 use serde_json::{Value, json};
 
-use super::{ApiWorkload, GoDuration, ServerKind, UpstreamKind};
+use super::{
+    ApiWorkload, GoDuration, ServerKind, UpstreamKind,
+    bounds::{self, field_bounds, form_check},
+};
 use crate::budget::{
     DEFAULT_GRACEFUL, DEFAULT_REQUEST, GRACE_BUFFER, MIN_HEARTBEAT_SUBCORE, upstream_profile,
 };
@@ -314,7 +317,109 @@ pub fn spec_rules() -> Vec<SpecRule> {
             ".diagnostics.port",
             "spec.diagnostics.port must differ from spec.port (the sidecar shares the pod's network namespace): pick another port for either",
         ),
+        rule(
+            "!has(self.workers.threads) || self.workers.threads == 1 || self.server == 'gunicorn-gthread'",
+            ".workers.threads",
+            "spec.workers.threads above 1 is only used by server gunicorn-gthread (an event loop does not use worker threads, and gunicorn-sync would silently switch to gthread): set server gunicorn-gthread, or remove threads and raise spec.workers.count",
+        ),
+        // What the operator derives is set by the spec's fields alone: a second value in
+        // env or extraArgs would run while status and the sidecar report the derived one.
+        rule(
+            format!(
+                "!has(self.env) || !self.env.exists(e, e.name in {})",
+                cel_list(crate::plan::OWNED_ENV)
+            ),
+            ".env",
+            format!(
+                "spec.env must not set {}: the operator derives them from the worker count and the CPU limit, and a second value would run while .status reports the derived one; set spec.workers.count or spec.resources.limits.cpu instead",
+                crate::plan::OWNED_ENV.join(" or ")
+            ),
+        ),
+        rule(
+            format!(
+                "!(self.server in {gunicorn_servers}) || !has(self.env) || !self.env.exists(e, e.name == 'GUNICORN_CMD_ARGS')"
+            ),
+            ".env",
+            "spec.env must not set GUNICORN_CMD_ARGS with a gunicorn server: it overrides the rendered flags (workers, timeouts, bind) behind the operator's back; set the matching spec fields, or put other gunicorn flags in spec.extraArgs",
+        ),
     ]
+    .into_iter()
+    .chain(DERIVED_FLAGS.iter().map(|(flags, field)| {
+        let long = flags
+            .iter()
+            .filter(|f| f.starts_with("--"))
+            .map(|f| &f[2..])
+            .collect::<Vec<_>>()
+            .join("|");
+        let short = flags
+            .iter()
+            .filter(|f| !f.starts_with("--"))
+            .map(|f| format!(" || a.startsWith('{f}')"))
+            .collect::<String>();
+        rule(
+            format!("!has(self.extraArgs) || !self.extraArgs.exists(a, a.matches('^--({long})(=.*)?$'){short})"),
+            ".extraArgs",
+            format!(
+                "spec.extraArgs must not set {}: the operator derives it from {field}, and a second value would run while .status and the sidecar report the derived one; set {field} instead",
+                flags.join(" or ")
+            ),
+        )
+    }))
+    .collect()
+}
+
+/// Server flags the operator renders, and the field that sets each group.
+pub const DERIVED_FLAGS: &[(&[&str], &str)] = &[
+    (&["--workers", "-w"], "spec.workers.count"),
+    (&["--threads"], "spec.workers.threads"),
+    (&["--worker-class", "-k"], "spec.server"),
+    (&["--bind", "-b", "--host", "--port"], "spec.port"),
+    (
+        &["--keep-alive", "--timeout-keep-alive"],
+        "spec.timeouts.keepAlive",
+    ),
+    (&["--timeout", "-t"], "spec.timeouts.workerHeartbeat"),
+    (
+        &[
+            "--graceful-timeout",
+            "--timeout-graceful-shutdown",
+            "--workers-kill-timeout",
+        ],
+        "spec.timeouts.gracefulShutdown",
+    ),
+    (
+        &[
+            "--max-requests",
+            "--max-requests-jitter",
+            "--limit-max-requests",
+        ],
+        "spec.recycling",
+    ),
+    (&["--worker-tmp-dir"], "the in-memory /tmp (not settable)"),
+];
+
+/// `rule` evaluated only when every duration and quantity it reads is well-formed: a
+/// malformed one is refused by its own field's rule, and parsing it here would add a CEL
+/// conversion error to that message.
+fn guarded(rule: &str) -> String {
+    let checks: Vec<String> = field_bounds()
+        .into_iter()
+        .filter(|f| !f.path.contains("[]"))
+        .filter_map(|f| {
+            let reference = format!("self.{}", f.path);
+            let read = rule.match_indices(&reference).any(|(at, _)| {
+                !rule[at + reference.len()..]
+                    .starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+            });
+            let check = form_check(f.bound, &reference).filter(|_| read)?;
+            Some(format!("(!({}) || {check})", has(f.path)))
+        })
+        .collect();
+    if checks.is_empty() {
+        rule.to_string()
+    } else {
+        format!("!({}) || ({rule})", checks.join(" && "))
+    }
 }
 
 /// The CRD with the spec rules attached (what `crdgen` writes to `crds/`).
@@ -322,7 +427,7 @@ pub fn crd() -> CustomResourceDefinition {
     let mut value = serde_json::to_value(ApiWorkload::crd()).unwrap_or(Value::Null);
     let rules: Vec<Value> = spec_rules()
         .into_iter()
-        .map(|r| json!({"rule": r.rule, "message": r.message, "fieldPath": r.field_path}))
+        .map(|r| json!({"rule": guarded(&r.rule), "message": r.message, "fieldPath": r.field_path}))
         .collect();
     if let Some(versions) = value
         .pointer_mut("/spec/versions")
@@ -332,6 +437,7 @@ pub fn crd() -> CustomResourceDefinition {
             if let Some(spec) = version.pointer_mut("/schema/openAPIV3Schema/properties/spec") {
                 spec["x-kubernetes-validations"] = Value::Array(rules.clone());
                 bound_strings_read_by_rules(spec);
+                bounds::attach(spec);
             }
         }
     }
@@ -362,6 +468,8 @@ fn bound_strings_read_by_rules(spec: &mut Value) {
         ),
         ("/properties/workers/properties/perWorkerMemory", 64),
         ("/properties/workers/properties/supervisorMemory", 64),
+        // Environment variable names (Kubernetes' EnvVar declares no bound).
+        ("/properties/env/items/properties/name", 256),
     ];
     for (pointer, max) in BOUNDED {
         if let Some(node) = spec.pointer_mut(pointer).and_then(Value::as_object_mut) {

@@ -464,28 +464,4 @@ mod tests {
             "single-process count does not follow CPU"
         );
     }
-
-    #[test]
-    fn user_env_replaces_derived_env_of_the_same_name() {
-        let mut s = spec();
-        s.env = vec![EnvVar {
-            name: "WEB_CONCURRENCY".into(),
-            value: Some("3".into()),
-            value_from: None,
-        }];
-        let p = pod(&rendered(s));
-        let env = p.containers[0].env.clone().unwrap();
-        assert_eq!(
-            env.iter().filter(|e| e.name == "WEB_CONCURRENCY").count(),
-            1
-        );
-        assert_eq!(
-            env.iter()
-                .find(|e| e.name == "WEB_CONCURRENCY")
-                .unwrap()
-                .value
-                .as_deref(),
-            Some("3")
-        );
-    }
 }
