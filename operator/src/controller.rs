@@ -49,7 +49,7 @@ use crate::{
     metrics::Metrics,
     plan::plan,
     render::{Autoscaler, RenderContext, Rendered, WORKLOAD_LABEL, render},
-    report::{Found, report},
+    report::{ChildProblem, Found, report},
     unreadable,
 };
 
@@ -80,17 +80,52 @@ pub enum Error {
         "{kind} {name} exists and is not owned by this ApiWorkload: rename the ApiWorkload or delete the {kind}"
     )]
     ChildConflict { kind: &'static str, name: String },
+    /// The API server refused a child (a 4xx other than a conflict: an admission policy,
+    /// a quota, a value it cannot accept). Reported in status; nothing after it applied.
+    #[error(
+        "the API server refused {kind} {name}: {message}; nothing after it was applied, and the objects before it run as applied"
+    )]
+    ChildRefused {
+        kind: &'static str,
+        name: String,
+        message: String,
+    },
     #[error("ApiWorkload has no namespace")]
     NoNamespace,
 }
 
 impl Error {
+    /// The problem a child caused, for `Ready`'s reason and message; None for errors
+    /// that retrying can fix (the API server unreachable, a stale read).
+    pub fn child_problem(&self) -> Option<ChildProblem> {
+        match self {
+            Error::ChildConflict { .. } | Error::ChildRefused { .. } => Some(ChildProblem {
+                reason: self.metric_label(),
+                message: self.to_string(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// An apply of `kind` refused by the API server for a reason retrying cannot fix.
+    fn from_apply(kind: &'static str, name: &str, e: kube::Error) -> Error {
+        match e {
+            kube::Error::Api(s) if matches!(s.code, 400 | 403 | 422) => Error::ChildRefused {
+                kind,
+                name: name.to_string(),
+                message: bounded(&s.message, 600),
+            },
+            e => Error::Kube(e),
+        }
+    }
+
     pub fn metric_label(&self) -> &'static str {
         match self {
             Error::Kube(kube::Error::Api(e)) if e.code == 403 => "Forbidden",
             Error::Kube(_) => "Kube",
             Error::Serialization(_) => "Serialization",
             Error::ChildConflict { .. } => "ChildConflict",
+            Error::ChildRefused { .. } => "ChildRefused",
             Error::NoNamespace => "NoNamespace",
         }
     }
@@ -243,7 +278,7 @@ where
                 return Ok((true, Some(created)));
             }
             Err(kube::Error::Api(e)) if e.code == 409 => {}
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(Error::from_apply(kind, &name, e)),
         }
     }
     // From the API server's watch cache (resourceVersion=0): no etcd read. A cache a
@@ -271,7 +306,8 @@ where
                     &PatchParams::apply(FIELD_MANAGER).force(),
                     &Patch::Apply(&json),
                 )
-                .await?;
+                .await
+                .map_err(|e| Error::from_apply(kind, &name, e))?;
             ctx.metrics.count_write(kind);
             index.verified(key, print, applied.meta());
             Ok((true, Some(applied)))
@@ -440,9 +476,10 @@ async fn reconcile_inner(aw: &ApiWorkload, ctx: &Context) -> Result<&'static str
     let keda = ctx.keda.load(Ordering::Relaxed);
     let mut wrote = false;
     let mut deployment = None;
-    // A child's name taken by someone else's object: reported like any other problem,
-    // then returned as the error (its backoff starts at a minute).
-    let mut conflict = None;
+    // A child's name taken by someone else's object, or a child the API server refuses:
+    // reported like any other problem, then returned as the error (its backoff starts at
+    // a minute).
+    let mut child_error = None;
     let planned = plan(&aw.spec).map(|plan| {
         let rctx = RenderContext {
             keda_available: keda,
@@ -455,7 +492,7 @@ async fn reconcile_inner(aw: &ApiWorkload, ctx: &Context) -> Result<&'static str
     // configuration.
     if let Ok((_, rendered)) = &planned {
         match apply_children(aw, rendered, keda, ctx).await {
-            Err(e @ Error::ChildConflict { .. }) => conflict = Some(e),
+            Err(e) if e.child_problem().is_some() => child_error = Some(e),
             other => (wrote, deployment) = other?,
         }
     }
@@ -501,7 +538,7 @@ async fn reconcile_inner(aw: &ApiWorkload, ctx: &Context) -> Result<&'static str
     };
     let found = Found {
         readiness,
-        conflict: conflict.as_ref().map(Error::to_string),
+        child_problem: child_error.as_ref().and_then(Error::child_problem),
         pods,
     };
     let (status, transitions) = report(
@@ -552,7 +589,7 @@ async fn reconcile_inner(aw: &ApiWorkload, ctx: &Context) -> Result<&'static str
         .filter(|t| conditions::worth_an_event(previous, t))
         .collect();
     publish_transitions(aw, &worth, ctx).await;
-    if let Some(e) = conflict {
+    if let Some(e) = child_error {
         return Err(e);
     }
 
@@ -646,7 +683,9 @@ pub fn error_policy(aw: Arc<Watched>, err: &Error, ctx: Arc<Context>) -> Action 
         })
         .unwrap_or(1);
     let delay = match err {
-        Error::ChildConflict { .. } => backoff(failures).max(Duration::from_secs(60)),
+        Error::ChildConflict { .. } | Error::ChildRefused { .. } => {
+            backoff(failures).max(Duration::from_secs(60))
+        }
         _ => backoff(failures),
     };
     warn!(apiworkload = %aw.name_any(), namespace = ?aw.namespace(), error = %bounded(&err.to_string(), MAX_LOGGED), failures, retry_in = ?delay, "reconcile failed");

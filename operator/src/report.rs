@@ -15,13 +15,21 @@ use crate::{
     rollup::roll_up,
 };
 
+/// Why a child could not be applied: `Ready`'s reason and message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildProblem {
+    /// `ChildConflict` or `ChildRefused`.
+    pub reason: &'static str,
+    pub message: String,
+}
+
 /// What a reconcile found besides the plan.
 #[derive(Debug, Clone, Default)]
 pub struct Found {
     /// The Deployment's readiness counts (None: it does not exist).
     pub readiness: Option<Readiness>,
-    /// A child's name is taken by someone else's object: why, for `Ready`'s message.
-    pub conflict: Option<String>,
+    /// A child that could not be applied (its name taken, or refused by the API server).
+    pub child_problem: Option<ChildProblem>,
     /// The workload's pods as the sidecars report them (None: diagnostics disabled).
     pub pods: Option<Vec<PodReport>>,
 }
@@ -83,8 +91,13 @@ pub fn report(
         }
     };
     let (mut ready, replicas) = ready_condition(found.readiness, aw.spec.scaling.min_replicas);
-    if let Some(conflict) = &found.conflict {
-        ready = Desired::new("Ready", Some(false), "ChildConflict", conflict.clone());
+    if let Some(problem) = &found.child_problem {
+        ready = Desired::new(
+            "Ready",
+            Some(false),
+            problem.reason,
+            problem.message.clone(),
+        );
     }
     desired.insert(0, ready);
     status.replicas = Some(replicas);
@@ -274,7 +287,7 @@ mod tests {
         let rendered = crate::render::render(&aw, &plan, &Default::default());
         let found = Found {
             readiness: Some(Readiness::of(&rendered.deployment)),
-            conflict: None,
+            child_problem: None,
             pods: Some(vec![]),
         };
         let (status, transitions) = report(&aw, Ok((&plan, &rendered)), &found, None, at(100));
@@ -329,7 +342,7 @@ mod tests {
         let (aw, plan, rendered, first, _) = first_report();
         let found = Found {
             readiness: Some(Readiness::of(&rendered.deployment)),
-            conflict: None,
+            child_problem: None,
             pods: Some(vec![]),
         };
         let (again, transitions) =
@@ -377,7 +390,10 @@ mod tests {
         let (aw, plan, rendered, first, _) = first_report();
         let found = Found {
             readiness: None,
-            conflict: Some("Service search-api belongs to someone else".into()),
+            child_problem: Some(ChildProblem {
+                reason: "ChildConflict",
+                message: "Service search-api belongs to someone else".into(),
+            }),
             pods: None,
         };
         let (status, _) = report(&aw, Ok((&plan, &rendered)), &found, Some(&first), at(200));

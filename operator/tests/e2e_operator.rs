@@ -637,3 +637,136 @@ async fn a_name_taken_by_someone_elses_object_is_left_alone_and_reported() {
         "the new Service is the workload's"
     );
 }
+
+/// A child the API server refuses (here an admission policy that denies autoscalers in
+/// the namespace): the workload says so in `Ready` with the server's own message and a
+/// Warning Event, instead of only the operator's log; once the policy is gone it converges.
+#[tokio::test]
+async fn a_child_the_api_server_refuses_is_reported_in_status_and_events() {
+    let cluster = Cluster::shared();
+    shared_operator();
+    let client = cluster.client().await;
+    let suffix = apiworkload_e2e::unique_suffix();
+    let label = format!("deny-hpa-{suffix}");
+    let ns = TestNamespace::create(&client, "refused", &[("apiworkload-test", &label)]).await;
+    let policy = format!("deny-hpa-{suffix}");
+    let manifest = format!(
+        r#"apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata: {{name: {policy}}}
+spec:
+  failurePolicy: Fail
+  matchConstraints:
+    resourceRules:
+    - apiGroups: [autoscaling]
+      apiVersions: ["*"]
+      operations: [CREATE, UPDATE]
+      resources: [horizontalpodautoscalers]
+  validations:
+  - expression: "false"
+    message: autoscalers are frozen in this namespace by policy {policy}
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata: {{name: {policy}}}
+spec:
+  policyName: {policy}
+  validationActions: [Deny]
+  matchResources:
+    namespaceSelector:
+      matchLabels: {{apiworkload-test: {label}}}
+"#
+    );
+    let path = std::env::temp_dir().join(format!("{policy}.yaml"));
+    std::fs::write(&path, manifest).unwrap();
+    let (ok, out, err) = cluster.kubectl(&["apply", "-f", &path.to_string_lossy()]);
+    assert!(ok, "{out}{err}");
+    // A policy takes effect a moment after it is created: wait until a dry run is denied.
+    let probe = format!(
+        r#"{{"apiVersion":"autoscaling/v2","kind":"HorizontalPodAutoscaler","metadata":{{"name":"probe","namespace":"{}"}},"spec":{{"scaleTargetRef":{{"apiVersion":"apps/v1","kind":"Deployment","name":"x"}},"maxReplicas":2}}}}"#,
+        ns.name
+    );
+    let probe_path = std::env::temp_dir().join(format!("{policy}-probe.json"));
+    std::fs::write(&probe_path, probe).unwrap();
+    wait_until(Duration::from_secs(30), "the policy in effect", || async {
+        let (ok, _, err) = cluster.kubectl(&[
+            "create",
+            "--dry-run=server",
+            "-f",
+            &probe_path.to_string_lossy(),
+        ]);
+        !ok && err.contains("autoscalers are frozen")
+    })
+    .await;
+
+    let mut spec = fixed_spec(1);
+    spec["scaling"] = json!({"minReplicas": 1, "maxReplicas": 3, "metric": "cpu"});
+    create_workload(&client, &ns.name, "api", spec).await;
+    let aw = wait_status(
+        &client,
+        &ns.name,
+        "api",
+        "Ready=False (ChildRefused)",
+        |aw| condition(aw, "Ready").is_some_and(|c| c.reason == "ChildRefused"),
+    )
+    .await;
+    let ready = condition(&aw, "Ready").unwrap();
+    assert_eq!(ready.status, "False");
+    assert!(
+        ready
+            .message
+            .contains("the API server refused HorizontalPodAutoscaler api")
+            && ready
+                .message
+                .contains("autoscalers are frozen in this namespace"),
+        "{}",
+        ready.message
+    );
+    assert_eq!(
+        aw.status.as_ref().unwrap().reason.as_deref(),
+        Some("ChildRefused")
+    );
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(client.clone(), &ns.name);
+    wait_until(
+        Duration::from_secs(30),
+        "a ChildRefused Warning Event",
+        || async {
+            events
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .iter()
+                .any(|e| {
+                    e.reason.as_deref() == Some("ChildRefused")
+                        && e.type_.as_deref() == Some("Warning")
+                })
+        },
+    )
+    .await;
+
+    let (ok, out, err) = cluster.kubectl(&["delete", "-f", &path.to_string_lossy()]);
+    assert!(ok, "{out}{err}");
+    wait_until(Duration::from_secs(120), "the autoscaler once the policy is gone", || async {
+        // The retry after a refusal waits a minute; an edit retries at once.
+        let _ = Api::<ApiWorkload>::namespaced(client.clone(), &ns.name)
+            .patch("api", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"annotations": {"retry": apiworkload_e2e::unique_suffix()}}})))
+            .await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), &ns.name)
+            .get_opt("api")
+            .await
+            .unwrap()
+            .is_some()
+    })
+    .await;
+    wait_status(
+        &client,
+        &ns.name,
+        "api",
+        "Ready no longer ChildRefused",
+        |aw| condition(aw, "Ready").is_some_and(|c| c.reason != "ChildRefused"),
+    )
+    .await;
+}
