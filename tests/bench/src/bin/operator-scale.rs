@@ -327,7 +327,7 @@ async fn write_children(client: Client, aw: ApiWorkload) -> anyhow::Result<()> {
     }
     let found = Found {
         readiness: Some(Readiness::of(&deployment)),
-        conflict: None,
+        child_problem: None,
         // No pods yet: the sidecars' conditions await their reports.
         pods: aw.spec.diagnostics.enabled.then(Vec::new),
     };
