@@ -35,6 +35,16 @@ impl GoDuration {
         self.0.as_secs_f64()
     }
 
+    /// The sum, capped at the largest duration (a sum of spec values never panics).
+    pub fn saturating_add(self, other: GoDuration) -> GoDuration {
+        GoDuration(self.0.saturating_add(other.0))
+    }
+
+    /// [`Self::ceil_secs`] for the API's `int32` seconds fields, capped at `i32::MAX`.
+    pub fn ceil_secs_i32(&self) -> i32 {
+        i32::try_from(self.ceil_secs()).unwrap_or(i32::MAX)
+    }
+
     /// Whole seconds, rounded up: probe and grace-period fields are integer seconds and
     /// must never come out shorter than the budget they carry.
     pub fn ceil_secs(&self) -> i64 {

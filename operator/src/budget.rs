@@ -93,7 +93,7 @@ pub fn keep_alive_for(upstream: &UpstreamProfile) -> GoDuration {
     match upstream.idle {
         None => KEEP_ALIVE_NO_UPSTREAM,
         // Outlive the proxy's idle timeout so the proxy always closes first.
-        Some(idle) if upstream.pooling => GoDuration(idle.0 + KEEP_ALIVE_MARGIN.0),
+        Some(idle) if upstream.pooling => idle.saturating_add(KEEP_ALIVE_MARGIN),
         // Behind an L4 balancer close before it silently forgets the flow.
         Some(idle) => GoDuration(
             idle.0
@@ -184,7 +184,9 @@ pub fn budget_for(spec: &ApiWorkloadSpec, cores: Option<f64>) -> Result<Budget, 
         Some(hb) => hb,
         None if spec.server.is_async() => DEFAULT_HEARTBEAT,
         // Sync workers are killed mid-request at --timeout: it must cover the request.
-        None => GoDuration(request_timeout.0 + REQUEST_MARGIN.0).max(DEFAULT_HEARTBEAT),
+        None => request_timeout
+            .saturating_add(REQUEST_MARGIN)
+            .max(DEFAULT_HEARTBEAT),
     };
     if spec.server.is_gunicorn() {
         if sub_core && worker_heartbeat < MIN_HEARTBEAT_SUBCORE {
@@ -208,7 +210,9 @@ pub fn budget_for(spec: &ApiWorkloadSpec, cores: Option<f64>) -> Result<Budget, 
 
     let graceful_shutdown = t.graceful_shutdown.unwrap_or(DEFAULT_GRACEFUL);
     let drain = t.drain.unwrap_or(upstream.drain);
-    let needed = GoDuration(drain.0 + graceful_shutdown.0 + GRACE_BUFFER.0);
+    let needed = drain
+        .saturating_add(graceful_shutdown)
+        .saturating_add(GRACE_BUFFER);
     let termination_grace_period = t.termination_grace_period.unwrap_or(needed);
     if termination_grace_period < needed {
         violations.push(Violation {

@@ -9,7 +9,7 @@ use apiworkload_contract::SidecarArgs;
 
 use crate::{
     api::rules::DERIVED_FLAGS,
-    api::{ApiWorkloadSpec, ServerKind, UpstreamKind, quantity::parse_quantity},
+    api::{ApiWorkloadSpec, ServerKind, UpstreamKind, bounds, quantity::parse_quantity},
     budget::{Budget, Violation, budget_for, upstream_profile},
     render::deployment::APP_UID,
     sizing::{Sizing, size_workers},
@@ -43,6 +43,11 @@ pub fn default_concurrency(server: ServerKind, threads: i32) -> i32 {
 
 /// Derives the plan or lists every rule the spec breaks.
 pub fn plan(spec: &ApiWorkloadSpec) -> Result<Plan, Vec<Violation>> {
+    // What admission bounds, bounded here too: an object stored under an earlier CRD.
+    let out_of_bounds = bounds::violations(spec);
+    if !out_of_bounds.is_empty() {
+        return Err(out_of_bounds);
+    }
     let mut violations = Vec::new();
     let sizing = size_workers(spec).map_err(|v| violations.push(v)).ok();
     let budget = budget_for(spec, sizing.as_ref().and_then(|s| s.cpu))
@@ -102,7 +107,7 @@ fn risks(spec: &ApiWorkloadSpec, sizing: &Sizing, budget: &Budget) -> Vec<String
         ));
     }
     if let (Some(cores), Some(count)) = (sizing.cores, spec.workers.count) {
-        let runnable = 2 * cores + 1;
+        let runnable = cores.saturating_mul(2).saturating_add(1);
         if count > runnable {
             out.push(format!(
                 "spec.workers.count ({count}) is more than {cores} core(s) can run ({runnable} even for I/O-bound work): the processes contend for CPU and the CPU quota throttles the whole pod; lower it or raise spec.resources.limits.cpu"

@@ -58,7 +58,7 @@ pub fn round_cores(cpu: f64) -> i32 {
 /// Worker formula for a number of cores.
 pub fn workers_for_cores(cores: i32, profile: Profile) -> i32 {
     match profile {
-        Profile::IoBound => 2 * cores + 1,
+        Profile::IoBound => cores.saturating_mul(2).saturating_add(1),
         Profile::CpuBound => cores,
     }
 }

@@ -186,3 +186,64 @@ fn a_fair_share_of_generated_specs_plans() {
         "{planned} of {total} generated specs plan"
     );
 }
+
+/// Durations from nothing to the largest a `Duration` holds, and quantities far past any
+/// node: what an object stored under an earlier, looser CRD can hold.
+fn arb_extreme_secs() -> impl Strategy<Value = Option<GoDuration>> {
+    proptest::option::of(prop_oneof![
+        Just(0u64),
+        1u64..100_000,
+        Just(u64::MAX),
+        (u64::MAX - 100)..=u64::MAX,
+        any::<u64>(),
+    ])
+    .prop_map(|s| s.map(GoDuration::from_secs))
+}
+
+prop_compose! {
+    fn arb_extreme_spec()(
+        mut s in arb_spec(),
+        durations in proptest::collection::vec(arb_extreme_secs(), 9),
+        cpu in proptest::option::of(prop_oneof![Just("1e18".to_string()), Just("9223372036854775807".to_string()), (1u32..u32::MAX).prop_map(|n| n.to_string())]),
+        memory in proptest::option::of(prop_oneof![Just("1e30".to_string()), Just("1".to_string()), Just("8Ei".to_string())]),
+        count in proptest::option::of(prop_oneof![Just(i32::MAX), Just(i32::MIN), Just(0), any::<i32>()]),
+        replicas in (any::<i32>(), any::<i32>()),
+    ) -> ApiWorkloadSpec {
+        let mut d = durations.into_iter();
+        let t = &mut s.timeouts;
+        (t.request, t.startup, t.graceful_shutdown, t.drain, t.keep_alive, t.termination_grace_period, t.worker_heartbeat) =
+            (d.next().flatten(), d.next().flatten(), d.next().flatten(), d.next().flatten(), d.next().flatten(), d.next().flatten(), d.next().flatten());
+        s.upstream.idle_timeout = d.next().flatten();
+        s.upstream.request_timeout = d.next().flatten();
+        if cpu.is_some() { s.resources.limits.cpu = cpu.map(Quantity); }
+        if memory.is_some() { s.resources.limits.memory = memory.map(Quantity); }
+        if count.is_some() { s.workers.count = count; }
+        (s.scaling.min_replicas, s.scaling.max_replicas) = replicas;
+        s
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(2_000),
+        ..ProptestConfig::default()
+    })]
+
+    /// No value, however extreme, makes planning or rendering panic or overflow (debug
+    /// builds panic on integer overflow); what plans still keeps the core invariants.
+    #[test]
+    fn extreme_values_never_panic(spec in arb_extreme_spec()) {
+        let Ok(p) = plan(&spec) else { return Ok(()) };
+        let mut aw = ApiWorkload::new("w", spec.clone());
+        aw.metadata.namespace = Some("ns".into());
+        aw.metadata.uid = Some("uid".into());
+        let r = render(&aw, &p, &RenderContext::default());
+        prop_assert!(p.sizing.workers >= 1);
+        let b = &p.budget;
+        prop_assert!(b.termination_grace_period >= b.drain && b.termination_grace_period >= b.graceful_shutdown);
+        let pod = r.deployment.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        let app = &pod.containers[0];
+        prop_assert!(app.liveness_probe.as_ref().unwrap().period_seconds.unwrap() >= 10);
+        prop_assert!(app.startup_probe.as_ref().unwrap().failure_threshold.unwrap() >= 1);
+    }
+}

@@ -446,3 +446,86 @@ pub fn missing_paths(spec: &Value) -> Vec<&'static str> {
         .map(|f| f.path)
         .collect()
 }
+
+/// The bounds the apiserver checks, checked again when planning (durations, quantities,
+/// numbers; forms are left to admission): an object stored under an earlier, looser CRD
+/// is refused with the same message instead of being run.
+pub fn violations(spec: &super::ApiWorkloadSpec) -> Vec<crate::budget::Violation> {
+    let Ok(json) = serde_json::to_value(spec) else {
+        return Vec::new();
+    };
+    field_bounds()
+        .into_iter()
+        .filter(|f| !f.path.contains("[]"))
+        .filter_map(|f| {
+            let pointer: String = f.path.split('.').map(|p| format!("/{p}")).collect();
+            let value = json.pointer(&pointer)?;
+            let within = match f.bound {
+                Bound::Duration { min, max } => {
+                    let parse = |s: &str| s.parse::<super::GoDuration>().ok();
+                    match (value.as_str().and_then(parse), parse(min), parse(max)) {
+                        (Some(v), Some(lo), Some(hi)) => lo <= v && v <= hi,
+                        _ => false,
+                    }
+                }
+                Bound::Quantity { min, max } => {
+                    let parse = |s: &str| {
+                        super::quantity::parse_quantity(
+                            &k8s_openapi::apimachinery::pkg::api::resource::Quantity(s.into()),
+                        )
+                        .ok()
+                    };
+                    let text = match value {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    match (parse(&text), parse(min), parse(max)) {
+                        (Some(v), Some(lo), Some(hi)) => lo <= v && v <= hi,
+                        _ => false,
+                    }
+                }
+                Bound::Number { min, max } => value.as_f64().is_some_and(|v| min <= v && v <= max),
+                Bound::Integer { min, max } => value.as_i64().is_some_and(|v| min <= v && v <= max),
+                Bound::Form { .. } => true,
+            };
+            (!within).then(|| crate::budget::Violation {
+                reason: "OutOfBounds",
+                message: rule(&f).1,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::tests_support::spec;
+
+    #[test]
+    fn every_path_names_a_field_of_the_schema() {
+        let crd = serde_json::to_value(crate::api::rules::crd()).unwrap();
+        let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        assert_eq!(missing_paths(spec), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn planning_refuses_what_admission_refuses() {
+        assert!(violations(&spec()).is_empty());
+        let mut s = spec();
+        s.workers.count = Some(i32::MIN);
+        s.timeouts.termination_grace_period = Some(crate::api::GoDuration::from_secs(3 * 86_400));
+        s.resources.limits.memory = Some(k8s_openapi::apimachinery::pkg::api::resource::Quantity(
+            "2048".into(),
+        ));
+        s.scaling.target = 0.0;
+        let v: Vec<String> = violations(&s).into_iter().map(|v| v.message).collect();
+        assert_eq!(v.len(), 4, "{v:#?}");
+        assert!(
+            v.iter()
+                .any(|m| m.starts_with("spec.workers.count must be an integer from 1 to 256"))
+        );
+        assert!(v.iter().any(|m| {
+            m.starts_with("spec.timeouts.terminationGracePeriod must be a duration from 1s to 1h")
+        }));
+    }
+}

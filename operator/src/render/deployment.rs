@@ -128,11 +128,11 @@ fn app_container(aw: &ApiWorkload, plan: &Plan, command: &[String]) -> Container
     env_vars.extend(spec.env.iter().cloned());
 
     let startup_failures =
-        super::div_ceil(b.startup.ceil_secs() as i32, STARTUP_PERIOD_SECONDS).max(1);
+        super::div_ceil(b.startup.ceil_secs_i32(), STARTUP_PERIOD_SECONDS).max(1);
     // Liveness gives up only after the server's own worker kill (the heartbeat) had its
     // chance, so a busy-but-alive pod is not restarted from outside.
     let liveness_period = super::div_ceil(
-        b.worker_heartbeat.ceil_secs() as i32 + 10,
+        b.worker_heartbeat.ceil_secs_i32().saturating_add(10),
         LIVENESS_FAILURE_THRESHOLD,
     )
     .max(10);

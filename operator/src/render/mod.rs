@@ -138,9 +138,10 @@ pub fn child_meta(aw: &ApiWorkload) -> ObjectMeta {
     }
 }
 
-/// Ceiling division for non-negative counts (signed `div_ceil` is unstable).
+/// Ceiling division for non-negative counts (signed `div_ceil` is unstable), without
+/// overflow at `i32::MAX`.
 pub(crate) fn div_ceil(a: i32, b: i32) -> i32 {
-    (a + b - 1) / b
+    a / b + i32::from(a % b != 0)
 }
 
 fn owner_reference(aw: &ApiWorkload) -> Option<OwnerReference> {
