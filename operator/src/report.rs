@@ -6,7 +6,9 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::{
-    api::{ApiWorkload, ApiWorkloadStatus, EffectiveTimings, ReplicasStatus, WorkersStatus},
+    api::{
+        ApiWorkload, ApiWorkloadStatus, EffectiveTimings, ReplicasStatus, ServerKind, WorkersStatus,
+    },
     budget::Violation,
     children::{PodReport, Readiness, Rollout},
     conditions::{self, Desired},
@@ -69,7 +71,7 @@ pub fn report(
                 note.reason,
                 note.message.clone(),
             ));
-            status_from_plan(plan, rendered)
+            status_from_plan(aw.spec.server, plan, rendered)
         }
         Err(violations) => {
             let reason = violations.first().map(|v| v.reason).unwrap_or("Invalid");
@@ -165,7 +167,7 @@ pub fn ready_condition(
     (cond, replicas)
 }
 
-pub fn status_from_plan(plan: &Plan, rendered: &Rendered) -> ApiWorkloadStatus {
+pub fn status_from_plan(server: ServerKind, plan: &Plan, rendered: &Rendered) -> ApiWorkloadStatus {
     let s = &plan.sizing;
     let b = &plan.budget;
     ApiWorkloadStatus {
@@ -177,7 +179,13 @@ pub fn status_from_plan(plan: &Plan, rendered: &Rendered) -> ApiWorkloadStatus {
             memory_cap: s.memory_cap,
         }),
         effective: Some(EffectiveTimings {
-            keep_alive: b.keep_alive.to_string(),
+            // granian has no keep-alive timeout to set: say so rather than report a value
+            // that no flag carries.
+            keep_alive: if server == ServerKind::Granian {
+                "granian default (not settable)".into()
+            } else {
+                b.keep_alive.to_string()
+            },
             request_timeout: b.request_timeout.to_string(),
             worker_heartbeat: b.worker_heartbeat.to_string(),
             graceful_shutdown: b.graceful_shutdown.to_string(),

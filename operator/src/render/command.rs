@@ -89,10 +89,17 @@ pub fn server_command(spec: &ApiWorkloadSpec, plan: &Plan) -> Vec<String> {
             }
         }
         ServerKind::Granian => {
+            push(&["granian"]);
+            // ASGI unless the app says otherwise (`extraArgs: [--interface, wsgi]`): a
+            // second --interface would make granian refuse to start.
+            if !spec
+                .extra_args
+                .iter()
+                .any(|a| a == "--interface" || a.starts_with("--interface="))
+            {
+                push(&["--interface", "asgi"]);
+            }
             push(&[
-                "granian",
-                "--interface",
-                "asgi",
                 "--host",
                 "0.0.0.0",
                 "--port",
@@ -216,5 +223,20 @@ mod tests {
             display_command(&["a b".into(), "it's".into(), "x".into()]),
             r"'a b' 'it'\''s' x"
         );
+    }
+
+    #[test]
+    fn granian_serves_asgi_unless_extra_args_name_the_interface() {
+        let mut s = spec();
+        s.server = ServerKind::Granian;
+        assert!(
+            argv(&s).starts_with("granian --interface asgi"),
+            "{}",
+            argv(&s)
+        );
+        s.extra_args = vec!["--interface".into(), "wsgi".into()];
+        let wsgi = argv(&s);
+        assert_eq!(wsgi.matches("--interface").count(), 1, "{wsgi}");
+        assert!(wsgi.ends_with("--interface wsgi"), "{wsgi}");
     }
 }
