@@ -344,17 +344,17 @@ impl Conditions {
         let mut flipped = Vec::new();
         let verdict = event_loop(w, t, self.app_answered);
         self.app_answered |= w.canary_probes > w.canary_failures;
-        if self.event_loop.update(verdict, "Responsive") {
+        // A window without a canary probe, in which no lookup finished (a round of
+        // timeouts can outlast it), or without a socket table sample is no evidence
+        // either way: it neither counts toward False nor toward True.
+        if w.canary_probes > 0 && self.event_loop.update(verdict, "Responsive") {
             flipped.push(self.event_loop.type_);
         }
-        // A window in which no lookup finished (a round of timeouts can outlast it) or no
-        // socket table was readable is no evidence either way: it neither counts toward
-        // False nor toward True.
         let dns_evidence = w.dns_queries_per_lookup.is_some() || w.dns_timeouts > 0;
         if dns_evidence && self.dns.update(dns(w, t), "Healthy") {
             flipped.push(self.dns.type_);
         }
-        let socket_evidence = w.socket_samples > 0 || w.socket_sample_failures == 0;
+        let socket_evidence = w.socket_samples > 0;
         if socket_evidence && self.connections.update(connections(w, t), "Reused") {
             flipped.push(self.connections.type_);
         }
@@ -374,8 +374,34 @@ mod tests {
         Window {
             stalled_seconds: stalled,
             window_seconds: 10.0,
+            canary_probes: 40,
+            socket_samples: 10,
             ..Default::default()
         }
+    }
+
+    /// A window in which nothing was measured (the socket watcher gone, the canary not
+    /// probing) must not count as good evidence: it once turned a False condition True.
+    #[test]
+    fn windows_without_measurements_count_neither_way() {
+        let (mut c, t) = (Conditions::default(), Thresholds::default());
+        let churn = Window {
+            close_wait_max: 1_000,
+            ..window(5.0)
+        };
+        for _ in 0..3 {
+            c.evaluate(&churn, &t);
+        }
+        assert!(!c.connections.status && !c.event_loop.status);
+        let nothing = Window {
+            window_seconds: 10.0,
+            ..Default::default()
+        };
+        for _ in 0..20 {
+            assert_eq!(c.evaluate(&nothing, &t), Vec::<&str>::new());
+        }
+        assert!(!c.connections.status, "no socket samples is no evidence");
+        assert!(!c.event_loop.status, "no canary probe is no evidence");
     }
 
     #[test]

@@ -16,3 +16,4 @@ pub mod report;
 pub mod resolv;
 pub mod sockdiag;
 pub mod sockets;
+pub mod supervise;

@@ -17,6 +17,7 @@ use apiworkload_sidecar::{
     procnet,
     report::{self, Metrics},
     resolv, sockdiag, sockets,
+    supervise::{named, supervise},
 };
 use axum::{Json, Router, extract::State, response::IntoResponse, routing::get};
 use clap::Parser;
@@ -144,7 +145,8 @@ async fn watch_heartbeats(config: Config, metrics: Arc<Metrics>, window: Arc<Mut
         Ok(s) => s,
         Err(e) => {
             warn!(address = %config.heartbeat_listen, error = %e, "heartbeat socket unavailable; canary only");
-            return;
+            // Degraded, not ended: a supervised task that returns stops the sidecar.
+            return std::future::pending().await;
         }
     };
     let mut beats = heartbeat::Heartbeats::default();
@@ -199,8 +201,10 @@ async fn watch_connections(config: Config, metrics: Arc<Metrics>, window: Arc<Mu
                 None
             }
             Err(e) => {
+                // Every window then says it has no socket evidence (and /metrics says
+                // `socket_source{source="none"}`), rather than the watcher ending.
                 warn!(error = %e, "sock_diag unavailable (--socket-source=netlink): no socket samples");
-                return;
+                None
             }
         },
     };
@@ -228,6 +232,13 @@ async fn watch_connections(config: Config, metrics: Arc<Metrics>, window: Arc<Mu
                     w.socket_samples += 1;
                 }
                 rows
+            }
+            None if config.socket_source == SocketSource::Netlink => {
+                metrics.set_socket_source("none");
+                if let Ok(mut w) = window.lock() {
+                    w.socket_sample_failures += 1;
+                }
+                continue;
             }
             None => {
                 let tables: Vec<_> = ["net/tcp", "net/tcp6"]
@@ -357,43 +368,72 @@ async fn main() -> anyhow::Result<()> {
         last_window: Arc::default(),
     };
     state.metrics.set_app_workers(config.app.workers);
-    if !config.app.dns_probes.is_empty() {
-        tokio::spawn(probe_dns(config.clone(), state.clone()));
-    }
-    tokio::spawn(watch_event_loop(
-        config.clone(),
-        state.metrics.clone(),
-        state.window.clone(),
-    ));
-    tokio::spawn(watch_heartbeats(
-        config.clone(),
-        state.metrics.clone(),
-        state.window.clone(),
-    ));
-    tokio::spawn(watch_connections(
-        config.clone(),
-        state.metrics.clone(),
-        state.window.clone(),
-    ));
+    let listener = tokio::net::TcpListener::bind(config.app.listen)
+        .await
+        .with_context(|| format!("bind {}", config.app.listen))?;
     let writer = PodStatusWriter::from_environment(
         config.pod_name.as_deref(),
         config.pod_namespace.as_deref(),
     )
     .await;
-    tokio::spawn(evaluate_conditions(config.clone(), state.clone(), writer));
+
+    // Every task runs for the life of the process (see `supervise`).
+    let mut tasks = tokio::task::JoinSet::new();
+    let (m, w) = (&state.metrics, &state.window);
+    if !config.app.dns_probes.is_empty() {
+        tasks.spawn(named(
+            "DNS probes",
+            probe_dns(config.clone(), state.clone()),
+        ));
+    }
+    tasks.spawn(named(
+        "canary",
+        watch_event_loop(config.clone(), m.clone(), w.clone()),
+    ));
+    tasks.spawn(named(
+        "heartbeats",
+        watch_heartbeats(config.clone(), m.clone(), w.clone()),
+    ));
+    tasks.spawn(named(
+        "socket watcher",
+        watch_connections(config.clone(), m.clone(), w.clone()),
+    ));
+    tasks.spawn(named(
+        "conditions",
+        evaluate_conditions(config.clone(), state.clone(), writer),
+    ));
     let app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
         .route("/report", get(report_json))
         .with_state(state);
-    let listener = tokio::net::TcpListener::bind(config.app.listen)
-        .await
-        .with_context(|| format!("bind {}", config.app.listen))?;
     info!(listen = %config.app.listen, "sidecar listening");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
-    Ok(())
+    tasks.spawn(named("HTTP server", async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            warn!(error = %e, "HTTP server failed");
+        }
+    }));
+
+    let stopped = supervise(tasks, shutdown_signal()).await;
+    info!("stopping");
+    stopped
+}
+
+/// SIGTERM (the kubelet stopping the pod) or SIGINT.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = terminate => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }

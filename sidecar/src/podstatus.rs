@@ -150,6 +150,7 @@ mod tests {
         let w = Window {
             stalled_seconds: 5.0,
             window_seconds: 10.0,
+            canary_probes: 40,
             ..Default::default()
         };
         for _ in 0..3 {

@@ -95,6 +95,29 @@ async fn a_healthy_app_keeps_every_condition_true_for_60_seconds() {
         sidecar.metric("apiworkload_sidecar_heartbeat_workers"),
         Some(1.0)
     );
+    // All True means something only if it was measured: the canary probed, and a
+    // socket table was read, in the last window.
+    let report = sidecar.report().unwrap();
+    let window = &report["lastWindow"];
+    assert!(
+        window["canaryProbes"].as_u64().unwrap_or(0) >= 10
+            && window["canaryFailures"].as_u64() == Some(0),
+        "the canary probed the app: {window:#}"
+    );
+    assert!(
+        window["socketSamples"].as_u64().unwrap_or(0) >= 3
+            && window["socketSampleFailures"].as_u64() == Some(0),
+        "socket tables were read: {window:#}"
+    );
+    let readable: f64 = ["netlink", "proc"]
+        .iter()
+        .filter_map(|s| {
+            sidecar.metric(&format!(
+                "apiworkload_sidecar_socket_source{{source=\"{s}\"}}"
+            ))
+        })
+        .sum();
+    assert_eq!(readable, 1.0, "a readable socket source is in use");
     let lookups = sidecar
         .metric(r#"apiworkload_sidecar_dns_lookups_total{target="api.example.test",mode="as_app",result="ok"}"#)
         .unwrap_or(0.0);

@@ -121,6 +121,24 @@ impl Sidecar {
         Some(kib * 1024)
     }
 
+    /// SIGTERM, as the kubelet stops a pod; the exit status once it has stopped.
+    pub fn terminate(&mut self, within: std::time::Duration) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the sidecar did not stop within {within:?} of SIGTERM"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     /// Whether it is still running (never exited or crashed).
     pub fn running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
