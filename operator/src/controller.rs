@@ -45,6 +45,7 @@ use crate::{
     applied::{stamp, up_to_date},
     children::{ChildIndex, Key, PodReport, Readiness, track},
     conditions::{self, Desired},
+    leader::Leadership,
     log::{MAX_LOGGED, bounded},
     metrics::Metrics,
     plan::plan,
@@ -92,6 +93,10 @@ pub enum Error {
     },
     #[error("ApiWorkload has no namespace")]
     NoNamespace,
+    /// Leader election is on and this replica's last renewal is older than the renew
+    /// deadline: a standby may hold the lease, so nothing may be written.
+    #[error("not the leader (no lease renewal within the renew deadline): nothing written")]
+    NotLeader,
 }
 
 impl Error {
@@ -127,6 +132,7 @@ impl Error {
             Error::ChildConflict { .. } => "ChildConflict",
             Error::ChildRefused { .. } => "ChildRefused",
             Error::NoNamespace => "NoNamespace",
+            Error::NotLeader => "NotLeader",
         }
     }
 }
@@ -160,6 +166,8 @@ pub struct Context {
     pub concurrency: u16,
     /// What the watches have seen of the children (see [`crate::children`]).
     pub children: Arc<ChildIndex>,
+    /// Whether this replica may write (checked before every write).
+    pub leadership: Leadership,
     /// Our last status write per ApiWorkload UID (pruned with the metrics).
     status_written: std::sync::Mutex<std::collections::HashMap<String, StatusWrite>>,
     /// Consecutive failures per ApiWorkload, for exponential backoff.
@@ -176,6 +184,16 @@ impl std::fmt::Debug for Context {
 }
 
 impl Context {
+    /// Before every write: a replica whose leadership lapsed writes nothing, even with
+    /// work queued from before it was paused.
+    pub fn ensure_leader(&self) -> Result<(), Error> {
+        if self.leadership.is_leader() {
+            Ok(())
+        } else {
+            Err(Error::NotLeader)
+        }
+    }
+
     pub fn new(client: Client, metrics: Metrics, render: RenderContext) -> Arc<Context> {
         let recorder = Recorder::new(
             client.clone(),
@@ -193,6 +211,7 @@ impl Context {
             keda_refresh: Duration::from_secs(30),
             concurrency: DEFAULT_CONCURRENCY,
             children: Default::default(),
+            leadership: Leadership::default(),
             status_written: Default::default(),
             failures: Default::default(),
         })
@@ -264,6 +283,7 @@ where
     if let Some((json, print)) = &desired
         && index.absent(&key)
     {
+        ctx.ensure_leader()?;
         match api
             .patch(
                 &name,
@@ -300,6 +320,7 @@ where
                 index.verified(key, print, live.meta());
                 return Ok((false, Some(live)));
             }
+            ctx.ensure_leader()?;
             let applied = api
                 .patch(
                     &name,
@@ -313,6 +334,7 @@ where
             Ok((true, Some(applied)))
         }
         (None, Some(_)) if owned == Some(true) => {
+            ctx.ensure_leader()?;
             match api.delete(&name, &DeleteParams::background()).await {
                 // Already gone (deleted meanwhile): nothing left to do.
                 Err(kube::Error::Api(e)) if e.code == 404 => return Ok((false, None)),
@@ -555,6 +577,7 @@ async fn reconcile_inner(aw: &ApiWorkload, ctx: &Context) -> Result<&'static str
     ctx.metrics.set_workload_ready(&ns, &name, ready);
 
     if known.as_ref() != Some(&status) {
+        ctx.ensure_leader()?;
         let patch = json!({"apiVersion": ApiWorkload::api_version(&()), "kind": ApiWorkload::kind(&()), "status": status});
         let written = match status_api
             .patch_status(
@@ -645,6 +668,9 @@ fn hash_status(status: &ApiWorkloadStatus) -> u64 {
 }
 
 async fn publish_transitions(aw: &ApiWorkload, transitions: &[Desired], ctx: &Context) {
+    if !ctx.leadership.is_leader() {
+        return;
+    }
     for t in transitions {
         let event = Event {
             type_: if t.status == "True" {

@@ -1,7 +1,12 @@
 //! Leader election with a `coordination.k8s.io/v1` Lease, so two replicas are safe: only
 //! the holder reconciles; a standby takes over when the holder stops renewing.
 
-use std::time::Duration;
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use tokio::time::Instant;
 
 use k8s_openapi::{
     api::coordination::v1::{Lease, LeaseSpec},
@@ -16,7 +21,58 @@ use tracing::{info, warn};
 
 pub const LEASE_DURATION: Duration = Duration::from_secs(15);
 pub const RENEW_EVERY: Duration = Duration::from_secs(5);
+/// How long a successful renewal lets this replica act (client-go's renewDeadline): well
+/// short of the lease, which a standby judges by its own clock. A replica that cannot
+/// renew within it (paused, partitioned, a renewal that hangs) stops writing before a
+/// standby may take over.
+pub const RENEW_DEADLINE: Duration = Duration::from_secs(10);
 const RETRY_EVERY: Duration = Duration::from_secs(2);
+
+/// Whether this replica may write now. Without leader election it always may; with it,
+/// only until [`RENEW_DEADLINE`] after the start of its last successful renewal, on the
+/// monotonic clock (which keeps running while the process is stopped).
+#[derive(Debug, Clone, Default)]
+pub struct Leadership {
+    /// None: no election, always the leader.
+    valid_until: Option<Arc<Mutex<Option<Instant>>>>,
+}
+
+impl Leadership {
+    /// Leadership that must be renewed (starts out not held).
+    pub fn elected() -> Leadership {
+        Leadership {
+            valid_until: Some(Arc::default()),
+        }
+    }
+
+    pub fn is_leader(&self) -> bool {
+        match &self.valid_until {
+            None => true,
+            Some(until) => until
+                .lock()
+                .ok()
+                .and_then(|u| *u)
+                .is_some_and(|u| Instant::now() < u),
+        }
+    }
+
+    /// A renewal that started at `started` succeeded.
+    fn renewed(&self, started: Instant) {
+        if let Some(until) = &self.valid_until
+            && let Ok(mut u) = until.lock()
+        {
+            *u = Some(started + RENEW_DEADLINE);
+        }
+    }
+
+    fn lost(&self) {
+        if let Some(until) = &self.valid_until
+            && let Ok(mut u) = until.lock()
+        {
+            *u = None;
+        }
+    }
+}
 
 /// One candidate for the lease `name` in `namespace`.
 #[derive(Clone)]
@@ -103,10 +159,23 @@ impl LeaderElector {
         }
     }
 
+    /// One attempt that gives up at [`RENEW_DEADLINE`]; records a success in `leadership`.
+    async fn attempt(&self, leadership: &Leadership) -> Result<bool, kube::Error> {
+        let started = Instant::now();
+        match tokio::time::timeout(RENEW_DEADLINE, self.try_acquire_or_renew()).await {
+            Ok(Ok(true)) => {
+                leadership.renewed(started);
+                Ok(true)
+            }
+            Ok(other) => other,
+            Err(_) => Ok(false),
+        }
+    }
+
     /// Waits until this candidate holds the lease.
-    pub async fn acquire(&self) {
+    pub async fn acquire(&self, leadership: &Leadership) {
         loop {
-            match self.try_acquire_or_renew().await {
+            match self.attempt(leadership).await {
                 Ok(true) => {
                     info!(lease = %self.name, identity = %self.identity, "acquired leadership");
                     return;
@@ -118,23 +187,25 @@ impl LeaderElector {
         }
     }
 
-    /// Renews until the lease is lost (returns then): the caller must stop reconciling.
-    pub async fn keep_renewing(&self) {
-        let mut last_ok = tokio::time::Instant::now();
+    /// Renews until the lease is lost or a renewal misses [`RENEW_DEADLINE`] (returns
+    /// then, `leadership` already refusing writes): the caller must stop reconciling.
+    pub async fn keep_renewing(&self, leadership: &Leadership) {
         loop {
             tokio::time::sleep(RENEW_EVERY).await;
-            match self.try_acquire_or_renew().await {
-                Ok(true) => last_ok = tokio::time::Instant::now(),
+            if !leadership.is_leader() {
+                // Paused or starved past the deadline: a standby may hold the lease now.
+                warn!(lease = %self.name, deadline = ?RENEW_DEADLINE, "no renewal within the deadline; leadership given up");
+                leadership.lost();
+                return;
+            }
+            match self.attempt(leadership).await {
+                Ok(true) => {}
                 Ok(false) => {
                     warn!(lease = %self.name, "leadership lost to another replica");
+                    leadership.lost();
                     return;
                 }
-                Err(e) => {
-                    warn!(error = %e, "lease renewal failed");
-                    if last_ok.elapsed() >= LEASE_DURATION {
-                        return;
-                    }
-                }
+                Err(e) => warn!(error = %e, "lease renewal failed"),
             }
         }
     }
@@ -155,5 +226,26 @@ impl LeaderElector {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn leadership_lapses_at_the_renew_deadline_without_a_renewal() {
+        assert!(Leadership::default().is_leader(), "no election: always");
+        let l = Leadership::elected();
+        assert!(!l.is_leader(), "not before the first renewal");
+        l.renewed(Instant::now());
+        assert!(l.is_leader());
+        // A process stopped for longer than the deadline comes back without it.
+        tokio::time::advance(RENEW_DEADLINE).await;
+        assert!(!l.is_leader());
+        l.renewed(Instant::now());
+        l.lost();
+        assert!(!l.is_leader());
+        assert!(RENEW_DEADLINE < LEASE_DURATION);
     }
 }

@@ -14,7 +14,7 @@ use anyhow::Context as _;
 use apiworkload_operator::{
     api::ApiWorkload,
     controller::{self, Context},
-    leader::LeaderElector,
+    leader::{LeaderElector, Leadership},
     metrics::Metrics,
     render::RenderContext,
 };
@@ -144,9 +144,15 @@ async fn main() -> anyhow::Result<()> {
         sidecar_cluster_role: args.sidecar_cluster_role,
         keda_available: false,
     };
+    let leadership = if args.leader_elect {
+        Leadership::elected()
+    } else {
+        Leadership::default()
+    };
     let mut ctx = Context::new(client.clone(), metrics.clone(), render);
     if let Some(c) = Arc::get_mut(&mut ctx) {
         c.concurrency = args.concurrency;
+        c.leadership = leadership.clone();
     }
     // Standbys are ready too: readiness means "healthy", leadership is in the metric.
     admin.ready.store(true, Ordering::Relaxed);
@@ -175,14 +181,14 @@ async fn main() -> anyhow::Result<()> {
         identity,
     );
     tokio::select! {
-        _ = elector.acquire() => {}
+        _ = elector.acquire(&leadership) => {}
         _ = shutdown_signal() => return Ok(()),
     }
     metrics.set_leader(true);
     tokio::select! {
         _ = controller::run(ctx) => elector.release().await,
         _ = deadline => elector.release().await,
-        _ = elector.keep_renewing() => {
+        _ = elector.keep_renewing(&leadership) => {
             metrics.set_leader(false);
             // Another replica reconciles now; exit so this one restarts as a standby.
             anyhow::bail!("leadership lost");

@@ -111,6 +111,7 @@ pub async fn report(invalid: &InvalidObject, ctx: &Context) -> Result<(), Error>
         "kind": ApiWorkload::kind(&()),
         "status": {"reason": REASON, "conditions": [condition]},
     });
+    ctx.ensure_leader()?;
     api.patch_status(
         &name,
         &PatchParams::apply(UNREADABLE_MANAGER).force(),

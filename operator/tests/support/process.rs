@@ -106,6 +106,16 @@ impl Operator {
         self.child.try_wait().unwrap().is_none()
     }
 
+    /// Sends `signal` (`STOP`, `CONT`, …): SIGSTOP pauses it as a frozen node or a long
+    /// GC pause would, the classic split-brain case.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal}");
+    }
+
     /// SIGKILL: no shutdown, no lease release, as a node failure or OOM kill.
     pub fn kill(&mut self) {
         self.child.kill().unwrap();
