@@ -230,9 +230,14 @@ impl ChildIndex {
     /// Whether the child is exactly as we last applied or verified it, for `desired`'s
     /// fingerprint, and still controlled by `owner`. A child we wrote whose watch event
     /// is not in yet counts as we wrote it: were it changed or deleted meanwhile, those
-    /// events follow ours and trigger a reconcile (a delete forgets what we wrote).
+    /// events follow ours and trigger a reconcile (a delete forgets what we wrote). Only
+    /// a kind whose watch has listed everything is vouched for: without a watch nothing
+    /// would ever tell us of an edit or a delete.
     pub fn unchanged(&self, key: &Key, fingerprint: &str, owner: &str) -> bool {
         self.with(|i| {
+            if !i.synced.contains(key.kind) {
+                return false;
+            }
             let Some(v) = i.verified.get(key) else {
                 return false;
             };
@@ -255,6 +260,11 @@ impl ChildIndex {
             controller: controller_uid(meta),
         };
         self.with(|i| i.verified.insert(key, verified));
+    }
+
+    /// Forgets what we wrote of a child we just deleted (its watch event may trail).
+    pub fn forget(&self, key: &Key) {
+        self.with(|i| i.verified.remove(key));
     }
 
     /// Whether the child is certainly absent: its kind's watch has listed everything
@@ -438,6 +448,12 @@ macro_rules! indexed_metadata {
         }
     )*};
 }
+/// ScaledObjects, watched as metadata through the dynamic API (KEDA's types are not
+/// compiled in); the one dynamic kind the operator watches.
+impl Indexed for kube::core::PartialObjectMeta<kube::api::DynamicObject> {
+    const KIND: &'static str = "ScaledObject";
+}
+
 indexed_metadata!(
     k8s_openapi::api::core::v1::Service => "Service",
     k8s_openapi::api::core::v1::ServiceAccount => "ServiceAccount",
@@ -606,6 +622,41 @@ mod tests {
         assert!(
             !index.unchanged(&key, "f1", "u1"),
             "a deleted child is no longer as we wrote it"
+        );
+    }
+
+    /// A ScaledObject was once trusted forever: nothing watched it, so the index vouched
+    /// for what it last wrote and a hand-deleted one never came back.
+    #[test]
+    fn a_kind_without_a_synced_watch_is_never_vouched_for() {
+        let index = ChildIndex::default();
+        let key = Key::new("ScaledObject", "ns", "api");
+        let written = deployment(1, 1, "u1").metadata;
+        index.verified(key.clone(), "f1".into(), &written);
+        assert!(!index.unchanged(&key, "f1", "u1"), "no watch: read it");
+        index.observe("ScaledObject", Event::Init);
+        index.observe("ScaledObject", Event::InitDone);
+        assert!(
+            index.unchanged(&key, "f1", "u1"),
+            "watched and just written"
+        );
+        let observed = Observed {
+            key: key.clone(),
+            seen: Seen {
+                version: version(&written),
+                controller: controller_uid(&written),
+                readiness: None,
+                pod: None,
+            },
+            resource_version: None,
+        };
+        assert!(
+            index.observe("ScaledObject", Event::Delete(observed)),
+            "a delete triggers"
+        );
+        assert!(
+            !index.unchanged(&key, "f1", "u1"),
+            "deleted by hand: not as we wrote it"
         );
     }
 

@@ -61,7 +61,7 @@ pub type Watched = DeserializeGuard<ApiWorkload>;
 
 /// The one field manager for every write.
 pub const FIELD_MANAGER: &str = "apiworkload-operator";
-/// Periodic resync: catches drift in children nobody watches (ScaledObjects).
+/// Periodic resync: a safety net (every child kind is watched).
 pub const RESYNC: Duration = Duration::from_secs(300);
 
 /// Reconciles in flight at once. Unbounded, a thousand new workloads are a thousand
@@ -341,6 +341,7 @@ where
                 result => result?,
             };
             ctx.metrics.count_write(kind);
+            index.forget(&key);
             Ok((true, None))
         }
         // Absent, or another owner's object of that name: leave it alone.
@@ -805,12 +806,35 @@ pub async fn run(ctx: Arc<Context>) {
             )
         };
     }
+    // ScaledObjects, as metadata, once KEDA's API is served (it may be installed after
+    // the operator starts): a hand-deleted or edited one is repaired like any child.
+    let scaled_objects = {
+        let (keda, every) = (ctx.keda.clone(), ctx.keda_refresh);
+        let api = Api::<PartialObjectMeta<DynamicObject>>::all_with(
+            client.clone(),
+            &scaled_object_resource(),
+        );
+        let (cfg, index, relists) = (watch(&labelled), index.clone(), relists("ScaledObject"));
+        futures::stream::once(async move {
+            while !keda.load(Ordering::Relaxed) {
+                tokio::time::sleep(every).await;
+            }
+        })
+        .flat_map(move |()| {
+            track(
+                watcher(api.clone(), cfg.clone()).default_backoff(),
+                index.clone(),
+                relists.clone(),
+            )
+        })
+    };
     controller
         .owns_stream(track(
             watcher(Api::<Deployment>::all(client.clone()), watch(&labelled)).default_backoff(),
             index.clone(),
             relists("Deployment"),
         ))
+        .owns_stream_with(scaled_objects, scaled_object_resource())
         .owns_stream(metadata_child!(Service))
         .owns_stream(metadata_child!(PodDisruptionBudget))
         .owns_stream(metadata_child!(HorizontalPodAutoscaler))

@@ -74,8 +74,12 @@ impl Drop for KedaCrd {
     }
 }
 
+/// The tests install and remove the one stand-in CRD: one at a time.
+static KEDA_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test]
 async fn workload_moves_from_hpa_to_scaled_object_when_keda_appears() {
+    let _turn = KEDA_TESTS.lock().await;
     let cluster = Cluster::shared();
     let _ = cluster.kubectl(&[
         "delete",
@@ -147,4 +151,58 @@ async fn workload_moves_from_hpa_to_scaled_object_when_keda_appears() {
         },
     )
     .await;
+}
+
+/// A ScaledObject is a child like any other: deleted by hand it comes back, and flipping
+/// `scaling.metric` inflight → cpu → inflight leaves exactly one autoscaler after every
+/// step (it once left none: the index vouched for a ScaledObject it had deleted).
+#[tokio::test]
+async fn scaled_objects_are_repaired_and_the_metric_flips_both_ways() {
+    let _turn = KEDA_TESTS.lock().await;
+    let cluster = Cluster::shared();
+    let _keda = KedaCrd::install(cluster);
+    let (_metrics, _op) = start_operator_with(cluster, Duration::from_secs(1));
+    let client = cluster.client().await;
+    let ns = TestNamespace::create(&client, "keda-flip", &[]).await;
+    let mut spec = fixed_spec(2);
+    spec["scaling"]["maxReplicas"] = serde_json::json!(6);
+    create_workload(&client, &ns.name, "api", spec).await;
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &ns.name);
+    let ar = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("keda.sh", "v1alpha1", "ScaledObject"),
+        "scaledobjects",
+    );
+    let scaled: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns.name, &ar);
+    // (HPA, ScaledObject) present; waits for `want`, then checks it holds for 3 s.
+    let exactly = |want: (bool, bool), what: &'static str| {
+        let (hpas, scaled) = (hpas.clone(), scaled.clone());
+        async move {
+            let now = || async {
+                (
+                    hpas.get_opt("api").await.unwrap().is_some(),
+                    scaled.get_opt("api").await.unwrap().is_some(),
+                )
+            };
+            wait_until(Duration::from_secs(60), what, || async {
+                now().await == want
+            })
+            .await;
+            for _ in 0..15 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                assert_eq!(now().await, want, "{what}: exactly one autoscaler");
+            }
+        }
+    };
+    exactly((false, true), "a ScaledObject (inflight with KEDA)").await;
+
+    scaled.delete("api", &Default::default()).await.unwrap();
+    exactly((false, true), "the hand-deleted ScaledObject back").await;
+
+    let metric = |m: &str| serde_json::json!({"spec": {"scaling": {"metric": m}}});
+    patch_workload(&client, &ns.name, "api", metric("cpu")).await;
+    exactly((true, false), "an HPA for cpu").await;
+    patch_workload(&client, &ns.name, "api", metric("inflight")).await;
+    exactly((false, true), "a ScaledObject again for inflight").await;
+    patch_workload(&client, &ns.name, "api", metric("cpu")).await;
+    exactly((true, false), "an HPA again for cpu").await;
 }
