@@ -344,10 +344,12 @@ impl Conditions {
         let mut flipped = Vec::new();
         let verdict = event_loop(w, t, self.app_answered);
         self.app_answered |= w.canary_probes > w.canary_failures;
-        // A window without a canary probe, in which no lookup finished (a round of
-        // timeouts can outlast it), or without a socket table sample is no evidence
-        // either way: it neither counts toward False nor toward True.
-        if w.canary_probes > 0 && self.event_loop.update(verdict, "Responsive") {
+        // A window without a finished canary probe or a stall (a probe outstanding past
+        // the threshold is one), in which no lookup finished (a round of timeouts can
+        // outlast it), or without a socket table sample is no evidence either way: it
+        // neither counts toward False nor toward True.
+        let loop_evidence = w.canary_probes > 0 || w.stalled_seconds > 0.0;
+        if loop_evidence && self.event_loop.update(verdict, "Responsive") {
             flipped.push(self.event_loop.type_);
         }
         let dns_evidence = w.dns_queries_per_lookup.is_some() || w.dns_timeouts > 0;
@@ -402,6 +404,21 @@ mod tests {
         }
         assert!(!c.connections.status, "no socket samples is no evidence");
         assert!(!c.event_loop.status, "no canary probe is no evidence");
+    }
+
+    /// A stall longer than the window finishes no probe in it, and is still evidence.
+    #[test]
+    fn a_stall_that_outlasts_the_window_is_evidence() {
+        let (mut c, t) = (Conditions::default(), Thresholds::default());
+        let stalled = Window {
+            stalled_seconds: 1.0,
+            window_seconds: 1.0,
+            ..Default::default()
+        };
+        for _ in 0..3 {
+            c.evaluate(&stalled, &t);
+        }
+        assert!(!c.event_loop.status);
     }
 
     #[test]
