@@ -23,10 +23,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
-    api::{
-        ApiResource, DeleteParams, DynamicObject, GetParams, GroupVersionKind, ListParams, Patch,
-        PatchParams,
-    },
+    api::{DynamicObject, ListParams, Patch, PatchParams},
     core::{DeserializeGuard, PartialObjectMeta},
     runtime::{
         Controller, WatchStreamExt,
@@ -36,20 +33,19 @@ use kube::{
         watcher,
     },
 };
-use serde::{Serialize, de::DeserializeOwned};
 use serde_json::json;
 use tracing::{info, warn};
 
 use crate::{
     api::{ApiWorkload, ApiWorkloadStatus},
-    applied::{stamp, up_to_date},
-    children::{ChildIndex, Key, PodReport, Readiness, track},
+    child_set::{apply_all, keda_installed, scaled_object_resource},
+    children::{ChildIndex, PodReport, Readiness, track},
     conditions::{self, Desired},
     leader::Leadership,
     log::{MAX_LOGGED, bounded},
     metrics::Metrics,
     plan::plan,
-    render::{Autoscaler, RenderContext, Rendered, WORKLOAD_LABEL, render},
+    render::{RenderContext, WORKLOAD_LABEL, render},
     report::{ChildProblem, Found, report},
     unreadable,
 };
@@ -113,7 +109,7 @@ impl Error {
     }
 
     /// An apply of `kind` refused by the API server for a reason retrying cannot fix.
-    fn from_apply(kind: &'static str, name: &str, e: kube::Error) -> Error {
+    pub(crate) fn from_apply(kind: &'static str, name: &str, e: kube::Error) -> Error {
         match e {
             kube::Error::Api(s) if matches!(s.code, 400 | 403 | 422) => Error::ChildRefused {
                 kind,
@@ -218,235 +214,6 @@ impl Context {
     }
 }
 
-fn scaled_object_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("keda.sh", "v1alpha1", "ScaledObject"),
-        "scaledobjects",
-    )
-}
-
-/// Whether the cluster serves KEDA ScaledObjects.
-pub async fn keda_installed(client: &Client) -> bool {
-    client
-        .list_api_group_resources("keda.sh/v1alpha1")
-        .await
-        .is_ok_and(|list| list.resources.iter().any(|r| r.name == "scaledobjects"))
-}
-
-fn controlled_by(
-    meta_owner: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference],
-    aw: &ApiWorkload,
-) -> bool {
-    let uid = aw.uid();
-    meta_owner
-        .iter()
-        .any(|o| o.controller == Some(true) && Some(&o.uid) == uid.as_ref())
-}
-
-/// Applies `desired` when the live object differs, deletes an owned leftover when
-/// nothing is desired. Reads the live object only when the index cannot vouch for it.
-/// Returns whether it wrote, and the live object when it read or wrote one.
-async fn sync_child<K>(
-    api: &Api<K>,
-    aw: &ApiWorkload,
-    kind: &'static str,
-    desired: Option<&K>,
-    ctx: &Context,
-) -> Result<(bool, Option<K>), Error>
-where
-    K: Resource + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
-{
-    let name = aw.name_any();
-    let key = Key::new(kind, &aw.namespace().ok_or(Error::NoNamespace)?, &name);
-    let owner = aw.uid().unwrap_or_default();
-    let desired = match desired {
-        Some(d) => {
-            let mut json = serde_json::to_value(d)?;
-            let print = stamp(&mut json);
-            Some((json, print))
-        }
-        None => None,
-    };
-    let index = &ctx.children;
-    let known = match &desired {
-        Some((_, print)) => index.unchanged(&key, print, &owner),
-        // Nothing labelled of that name, or someone else's: nothing to delete.
-        None => index.absent(&key) || index.controller(&key).is_some_and(|c| c != owner),
-    };
-    if known {
-        return Ok((false, None));
-    }
-    // A child no watch has seen (its kind listed, nothing of that name labelled) is
-    // created in one request, on condition that nothing of that name exists: when an
-    // unlabelled object of the name is there after all, someone else's perhaps, the
-    // server refuses and the read below decides.
-    if let Some((json, print)) = &desired
-        && index.absent(&key)
-    {
-        ctx.ensure_leader()?;
-        match api
-            .patch(
-                &name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&create_only(json)),
-            )
-            .await
-        {
-            Ok(created) => {
-                ctx.metrics.count_write(kind);
-                index.verified(key, print.clone(), created.meta());
-                return Ok((true, Some(created)));
-            }
-            Err(kube::Error::Api(e)) if e.code == 409 => {}
-            Err(e) => return Err(Error::from_apply(kind, &name, e)),
-        }
-    }
-    // From the API server's watch cache (resourceVersion=0): no etcd read. A cache a
-    // moment behind at worst costs one redundant (idempotent) apply.
-    let live = match api.get_with(&name, &GetParams::any()).await {
-        Ok(live) => Some(live),
-        Err(kube::Error::Api(e)) if e.code == 404 => None,
-        Err(e) => return Err(e.into()),
-    };
-    let owned = live
-        .as_ref()
-        .map(|l| controlled_by(l.meta().owner_references.as_deref().unwrap_or_default(), aw));
-    match (desired, live) {
-        (Some(_), Some(_)) if owned == Some(false) => Err(Error::ChildConflict { kind, name }),
-        (Some((json, print)), live) => {
-            if let Some(live) = live
-                && up_to_date(&json, &serde_json::to_value(&live)?)
-            {
-                index.verified(key, print, live.meta());
-                return Ok((false, Some(live)));
-            }
-            ctx.ensure_leader()?;
-            let applied = api
-                .patch(
-                    &name,
-                    &PatchParams::apply(FIELD_MANAGER).force(),
-                    &Patch::Apply(&json),
-                )
-                .await
-                .map_err(|e| Error::from_apply(kind, &name, e))?;
-            ctx.metrics.count_write(kind);
-            index.verified(key, print, applied.meta());
-            Ok((true, Some(applied)))
-        }
-        (None, Some(_)) if owned == Some(true) => {
-            ctx.ensure_leader()?;
-            match api.delete(&name, &DeleteParams::background()).await {
-                // Already gone (deleted meanwhile): nothing left to do.
-                Err(kube::Error::Api(e)) if e.code == 404 => return Ok((false, None)),
-                result => result?,
-            };
-            ctx.metrics.count_write(kind);
-            index.forget(&key);
-            Ok((true, None))
-        }
-        // Absent, or another owner's object of that name: leave it alone.
-        (None, _) => Ok((false, None)),
-    }
-}
-
-/// `desired` as an apply that only creates. An apply carrying a resourceVersion is
-/// conditional on the live object being at that version, and no object is ever at
-/// version 1 (etcd's first write is revision 2): the server creates the object when
-/// none exists and answers 409 Conflict when one does.
-fn create_only(desired: &serde_json::Value) -> serde_json::Value {
-    let mut json = desired.clone();
-    if let Some(meta) = json.get_mut("metadata").and_then(|m| m.as_object_mut()) {
-        meta.insert("resourceVersion".into(), "1".into());
-    }
-    json
-}
-
-async fn apply_children(
-    aw: &ApiWorkload,
-    rendered: &Rendered,
-    keda: bool,
-    ctx: &Context,
-) -> Result<(bool, Option<Deployment>), Error> {
-    let ns = aw.namespace().ok_or(Error::NoNamespace)?;
-    let client = &ctx.client;
-    let hpa = match &rendered.autoscaler {
-        Autoscaler::Hpa(h) => Some(h.as_ref()),
-        _ => None,
-    };
-    // The pods' ServiceAccount before the Deployment, or the first pods are refused.
-    let (account, binding) = rendered.identity.as_ref().map(|(a, b)| (a, b)).unzip();
-    let mut wrote = sync_child(
-        &Api::<ServiceAccount>::namespaced(client.clone(), &ns),
-        aw,
-        "ServiceAccount",
-        account,
-        ctx,
-    )
-    .await?
-    .0;
-    wrote |= sync_child(
-        &Api::<RoleBinding>::namespaced(client.clone(), &ns),
-        aw,
-        "RoleBinding",
-        binding,
-        ctx,
-    )
-    .await?
-    .0;
-    // Service next: endpoints exist by the time pods turn ready.
-    wrote |= sync_child(
-        &Api::<Service>::namespaced(client.clone(), &ns),
-        aw,
-        "Service",
-        Some(&rendered.service),
-        ctx,
-    )
-    .await?
-    .0;
-    let deployment = sync_child(
-        &Api::<Deployment>::namespaced(client.clone(), &ns),
-        aw,
-        "Deployment",
-        Some(&rendered.deployment),
-        ctx,
-    )
-    .await?;
-    wrote |= deployment.0;
-    wrote |= sync_child(
-        &Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns),
-        aw,
-        "PodDisruptionBudget",
-        rendered.pdb.as_ref(),
-        ctx,
-    )
-    .await?
-    .0;
-    wrote |= sync_child(
-        &Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), &ns),
-        aw,
-        "HorizontalPodAutoscaler",
-        hpa,
-        ctx,
-    )
-    .await?
-    .0;
-    if keda {
-        // Exactly one autoscaler: a ScaledObject replaces the HPA and vice versa.
-        let api =
-            Api::<DynamicObject>::namespaced_with(client.clone(), &ns, &scaled_object_resource());
-        let desired = match &rendered.autoscaler {
-            Autoscaler::ScaledObject(v) => {
-                Some(serde_json::from_value::<DynamicObject>(v.clone())?)
-            }
-            _ => None,
-        };
-        wrote |= sync_child(&api, aw, "ScaledObject", desired.as_ref(), ctx)
-            .await?
-            .0;
-    }
-    Ok((wrote, deployment.1))
-}
-
 /// Reconciles one ApiWorkload; one that does not decode is reported on itself.
 pub async fn reconcile(watched: Arc<Watched>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
@@ -514,7 +281,7 @@ async fn reconcile_inner(aw: &ApiWorkload, ctx: &Context) -> Result<&'static str
     // An invalid spec applies nothing: the running workload keeps its last good
     // configuration.
     if let Ok((_, rendered)) = &planned {
-        match apply_children(aw, rendered, keda, ctx).await {
+        match apply_all(aw, rendered, keda, ctx).await {
             Err(e) if e.child_problem().is_some() => child_error = Some(e),
             other => (wrote, deployment) = other?,
         }

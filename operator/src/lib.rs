@@ -7,6 +7,7 @@
 pub mod api;
 pub mod applied;
 pub mod budget;
+pub mod child_set;
 pub mod children;
 pub mod conditions;
 pub mod controller;

@@ -439,10 +439,46 @@ pub fn crd() -> CustomResourceDefinition {
                 bound_strings_read_by_rules(spec);
                 bounds::attach(spec);
             }
+            if let Some(schema) = version.pointer_mut("/schema/openAPIV3Schema") {
+                unwrap_descriptions(schema);
+            }
         }
     }
     // The round trip cannot fail: only a string-keyed list of plain objects was added.
     serde_json::from_value(value).unwrap_or_else(|_| ApiWorkload::crd())
+}
+
+/// Doc comments are wrapped at 90 columns; `kubectl explain` wraps text itself, so a
+/// line break inside a paragraph printed mid-sentence. Joins the lines of each
+/// paragraph; blank-line paragraph breaks stay.
+fn unwrap_descriptions(node: &mut Value) {
+    match node {
+        Value::Object(map) => {
+            for (key, value) in map.iter_mut() {
+                match value {
+                    Value::String(text) if key == "description" => *text = unwrap(text),
+                    other => unwrap_descriptions(other),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(unwrap_descriptions),
+        _ => {}
+    }
+}
+
+/// Joins wrapped lines; a line that starts a list item (Kubernetes' own types list enum
+/// values as ` - "Always" …`) keeps its break.
+fn unwrap(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for (i, line) in text.split('\n').enumerate() {
+        let item = line.trim_start().starts_with(['-', '*']);
+        if i > 0 {
+            let paragraph_break = line.is_empty() || out.ends_with('\n');
+            out.push(if paragraph_break || item { '\n' } else { ' ' });
+        }
+        out.push_str(if item { line } else { line.trim() });
+    }
+    out
 }
 
 /// CEL estimates a rule's cost from the longest string it may read, so strings the
@@ -512,6 +548,23 @@ mod tests {
         );
         assert!(crd["spec"]["versions"][0]["subresources"]["status"].is_object());
         assert_eq!(crd["spec"]["names"]["shortNames"][0], "apiw");
+    }
+
+    #[test]
+    fn descriptions_have_no_line_breaks_inside_a_paragraph() {
+        assert_eq!(
+            unwrap("one\ntwo three\n\nfour\nfive"),
+            "one two three\n\nfour five"
+        );
+        assert_eq!(
+            unwrap("values:\n - \"A\" a\n - \"B\" b"),
+            "values:\n - \"A\" a\n - \"B\" b"
+        );
+        let crd = serde_json::to_value(crd()).unwrap();
+        let image = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+            ["properties"]["server"]["description"];
+        let text = image.as_str().unwrap();
+        assert!(text.len() > 90 && !text.contains('\n'), "{text:?}");
     }
 
     #[test]
