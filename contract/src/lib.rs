@@ -5,9 +5,11 @@
 //!
 //! Both binaries depend on this crate, so a flag, a duration form or a condition name
 //! cannot drift between them: a spec the operator accepts renders arguments the sidecar
-//! parses (a property test in the operator checks it for generated specs).
+//! parses (a property test in the operator checks it for generated specs). Both also stop
+//! the same way on SIGTERM ([`shutdown`]).
 
 pub mod duration;
+pub mod shutdown;
 mod sidecar_args;
 
 pub use duration::{DurationError, GoDuration, parse_duration};

@@ -160,7 +160,7 @@ async fn main() -> anyhow::Result<()> {
     // On SIGTERM the controller finishes the reconciles in flight; whatever it waits on
     // (an API server that does not answer, a watch in backoff), the process exits in time.
     let deadline = async {
-        shutdown_signal().await;
+        apiworkload_contract::shutdown::signal().await;
         tokio::time::sleep(SHUTDOWN_GRACE).await;
         warn!(grace = ?SHUTDOWN_GRACE, "not stopped within the grace period; exiting");
     };
@@ -182,7 +182,7 @@ async fn main() -> anyhow::Result<()> {
     );
     tokio::select! {
         _ = elector.acquire(&leadership) => {}
-        _ = shutdown_signal() => return Ok(()),
+        _ = apiworkload_contract::shutdown::signal() => return Ok(()),
     }
     metrics.set_leader(true);
     tokio::select! {
@@ -200,25 +200,6 @@ async fn main() -> anyhow::Result<()> {
 /// How long the controller may take to stop after SIGTERM before the process exits anyway
 /// (well inside the chart's 30 s termination grace period).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
-/// SIGTERM (the kubelet) or SIGINT (a terminal).
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                warn!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        _ = terminate => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-}
 
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")

@@ -9,8 +9,6 @@ mod support;
 use std::time::{Duration, Instant};
 
 use apiworkload_e2e::{Cluster, TestNamespace, install_crds, poll_until, wait_until};
-use k8s_openapi::api::coordination::v1::Lease;
-use kube::Api;
 use process::Operator;
 use support::*;
 
@@ -57,14 +55,7 @@ async fn a_standby_replica_takes_over_the_lease_when_the_leader_stops() {
     install_crds(cluster);
     let client = cluster.client().await;
     let ns = TestNamespace::create(&client, "leader", &[]).await;
-    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns.name);
-    let holder = || async {
-        leases
-            .get_opt("apiworkload-operator")
-            .await
-            .unwrap()
-            .and_then(|l| l.spec?.holder_identity)
-    };
+    let holder = || lease_holder(&client, &ns.name);
 
     let mut a = Operator::start(cluster, "replica-a", true, &ns.name);
     let first = poll_until(Duration::from_secs(30), "a lease holder", holder).await;

@@ -591,22 +591,7 @@ async fn a_name_taken_by_someone_elses_object_is_left_alone_and_reported() {
         deployments.get_opt("api").await.unwrap().is_none(),
         "no pods behind someone else's Service"
     );
-    let events: Api<k8s_openapi::api::events::v1::Event> =
-        Api::namespaced(client.clone(), &ns.name);
-    wait_until(Duration::from_secs(30), "a ChildConflict Event", || async {
-        events
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .iter()
-            .any(|e| {
-                e.reason.as_deref() == Some("ChildConflict")
-                    && e.type_.as_deref() == Some("Warning")
-                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("api")
-            })
-    })
-    .await;
+    wait_warning_event(&client, &ns.name, "ChildConflict", "api").await;
 
     services
         .delete("api", &DeleteParams::default())
@@ -726,25 +711,7 @@ spec:
         aw.status.as_ref().unwrap().reason.as_deref(),
         Some("ChildRefused")
     );
-    let events: Api<k8s_openapi::api::events::v1::Event> =
-        Api::namespaced(client.clone(), &ns.name);
-    wait_until(
-        Duration::from_secs(30),
-        "a ChildRefused Warning Event",
-        || async {
-            events
-                .list(&ListParams::default())
-                .await
-                .unwrap()
-                .items
-                .iter()
-                .any(|e| {
-                    e.reason.as_deref() == Some("ChildRefused")
-                        && e.type_.as_deref() == Some("Warning")
-                })
-        },
-    )
-    .await;
+    wait_warning_event(&client, &ns.name, "ChildRefused", "api").await;
 
     let (ok, out, err) = cluster.kubectl(&["delete", "-f", &path.to_string_lossy()]);
     assert!(ok, "{out}{err}");

@@ -12,7 +12,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use apiworkload_e2e::{PrivateCluster, TestNamespace, install_crds, poll_until, wait_until};
-use k8s_openapi::api::{apps::v1::Deployment, coordination::v1::Lease};
+use k8s_openapi::api::apps::v1::Deployment;
 use kube::{Api, api::ListParams};
 use process::Operator;
 use serde_json::json;
@@ -37,15 +37,8 @@ async fn a_paused_leader_writes_nothing_after_the_standby_takes_over() {
     install_crds(&cluster);
     let client = cluster.client().await;
     let ns = TestNamespace::create(&client, "split", &[]).await;
-    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns.name);
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
-    let holder = || async {
-        leases
-            .get_opt("apiworkload-operator")
-            .await
-            .unwrap()
-            .and_then(|l| l.spec?.holder_identity)
-    };
+    let holder = || lease_holder(&client, &ns.name);
     let replica = |identity: &str, image: &str| {
         Operator::start_as(
             &cluster.kubeconfig,

@@ -414,26 +414,7 @@ async fn main() -> anyhow::Result<()> {
         }
     }));
 
-    let stopped = supervise(tasks, shutdown_signal()).await;
+    let stopped = supervise(tasks, apiworkload_contract::shutdown::signal()).await;
     info!("stopping");
     stopped
-}
-
-/// SIGTERM (the kubelet stopping the pod) or SIGINT.
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                warn!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        () = terminate => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }

@@ -175,3 +175,32 @@ pub fn flag(command: &[String], name: &str) -> Option<String> {
         .position(|a| a == name)
         .and_then(|i| command.get(i + 1).cloned())
 }
+
+/// Waits for a Warning Event with `reason` about the object named `regarding`.
+pub async fn wait_warning_event(client: &Client, ns: &str, reason: &str, regarding: &str) {
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
+    let what = format!("a {reason} Warning Event about {regarding}");
+    apiworkload_e2e::wait_until(Duration::from_secs(30), &what, || async {
+        events
+            .list(&kube::api::ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .any(|e| {
+                e.reason.as_deref() == Some(reason)
+                    && e.type_.as_deref() == Some("Warning")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(regarding)
+            })
+    })
+    .await;
+}
+
+/// Who holds the operator's leader Lease in `ns`, if anyone.
+pub async fn lease_holder(client: &Client, ns: &str) -> Option<String> {
+    Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client.clone(), ns)
+        .get_opt("apiworkload-operator")
+        .await
+        .unwrap()
+        .and_then(|l| l.spec?.holder_identity)
+}
