@@ -554,16 +554,7 @@ async fn a_name_taken_by_someone_elses_object_is_left_alone_and_reported() {
     let before = services.get("api").await.unwrap();
 
     create_workload(&client, &ns.name, "api", fixed_spec(1)).await;
-    let aw = wait_status(
-        &client,
-        &ns.name,
-        "api",
-        "Ready=False (ChildConflict)",
-        |aw| condition(aw, "Ready").is_some_and(|c| c.reason == "ChildConflict"),
-    )
-    .await;
-    let ready = condition(&aw, "Ready").unwrap();
-    assert_eq!(ready.status, "False");
+    let (aw, ready) = wait_not_ready(&client, &ns.name, "api", "ChildConflict").await;
     assert!(
         ready
             .message
@@ -687,16 +678,7 @@ spec:
     let mut spec = fixed_spec(1);
     spec["scaling"] = json!({"minReplicas": 1, "maxReplicas": 3, "metric": "cpu"});
     create_workload(&client, &ns.name, "api", spec).await;
-    let aw = wait_status(
-        &client,
-        &ns.name,
-        "api",
-        "Ready=False (ChildRefused)",
-        |aw| condition(aw, "Ready").is_some_and(|c| c.reason == "ChildRefused"),
-    )
-    .await;
-    let ready = condition(&aw, "Ready").unwrap();
-    assert_eq!(ready.status, "False");
+    let (aw, ready) = wait_not_ready(&client, &ns.name, "api", "ChildRefused").await;
     assert!(
         ready
             .message

@@ -204,3 +204,22 @@ pub async fn lease_holder(client: &Client, ns: &str) -> Option<String> {
         .unwrap()
         .and_then(|l| l.spec?.holder_identity)
 }
+
+/// Waits for `Ready=False` with `reason`; returns the workload and that condition.
+pub async fn wait_not_ready(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    reason: &str,
+) -> (
+    ApiWorkload,
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition,
+) {
+    let what = format!("Ready=False ({reason})");
+    let aw = wait_status(client, ns, name, &what, |aw| {
+        condition(aw, "Ready").is_some_and(|c| c.status == "False" && c.reason == reason)
+    })
+    .await;
+    let ready = condition(&aw, "Ready").cloned().unwrap();
+    (aw, ready)
+}
