@@ -20,6 +20,16 @@ use kube::{
 use serde_json::json;
 use support::*;
 
+/// The spec files of `tests/e2e/<dir>`, in name order.
+fn spec_files(dir: &str) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(repo_root().join("tests/e2e").join(dir))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files
+}
+
 /// Every file in tests/e2e/bad-specs is refused by the apiserver with the message its
 /// `# expect:` line names.
 #[tokio::test]
@@ -28,12 +38,7 @@ async fn bad_specs_are_rejected_with_the_intended_message() {
     install_crds(cluster);
     let client = cluster.client().await;
     let ns = TestNamespace::create(&client, "bad-specs", &[]).await;
-    let dir = repo_root().join("tests/e2e/bad-specs");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
+    let files = spec_files("bad-specs");
     assert!(
         files.len() >= 60,
         "keep at least 60 bad specs, found {}",
@@ -87,12 +92,7 @@ async fn dangerous_but_legal_specs_are_accepted_and_warned() {
     shared_operator();
     let client = cluster.client().await;
     let ns = TestNamespace::create(&client, "warned-specs", &[]).await;
-    let dir = repo_root().join("tests/e2e/warned-specs");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
+    let files = spec_files("warned-specs");
     assert!(files.len() >= 4, "found {} warned specs", files.len());
     for file in &files {
         let text = std::fs::read_to_string(file).unwrap();

@@ -10,8 +10,8 @@ use apiworkload_operator::{
         quantity::parse_quantity,
     },
     budget::{GRACE_BUFFER, effective_upstream},
-    plan::plan,
-    render::{RenderContext, SIDECAR_CONTAINER, render},
+    plan::{Plan, plan},
+    render::{RenderContext, Rendered, SIDECAR_CONTAINER, render},
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use proptest::prelude::*;
@@ -89,6 +89,14 @@ prop_compose! {
     }
 }
 
+/// The objects rendered for `spec` as workload `ns/w`.
+fn rendered(spec: &ApiWorkloadSpec, p: &Plan) -> Rendered {
+    let mut aw = ApiWorkload::new("w", spec.clone());
+    aw.metadata.namespace = Some("ns".into());
+    aw.metadata.uid = Some("uid".into());
+    render(&aw, p, &RenderContext::default())
+}
+
 fn mebibytes(q: &Quantity) -> f64 {
     parse_quantity(q).unwrap() / (1024.0 * 1024.0)
 }
@@ -113,10 +121,7 @@ proptest! {
                 return Ok(());
             }
         };
-        let mut aw = ApiWorkload::new("w", spec.clone());
-        aw.metadata.namespace = Some("ns".into());
-        aw.metadata.uid = Some("uid".into());
-        let r = render(&aw, &p, &RenderContext::default());
+        let r = rendered(&spec, &p);
 
         prop_assert!(p.sizing.workers >= 1);
         if let Some(limit) = &spec.resources.limits.memory {
@@ -160,10 +165,7 @@ proptest! {
     #[test]
     fn rendered_sidecar_args_parse_back_to_the_plan(spec in arb_spec()) {
         let Ok(p) = plan(&spec) else { return Ok(()) };
-        let mut aw = ApiWorkload::new("w", spec.clone());
-        aw.metadata.namespace = Some("ns".into());
-        aw.metadata.uid = Some("uid".into());
-        let r = render(&aw, &p, &RenderContext::default());
+        let r = rendered(&spec, &p);
         let pod = r.deployment.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
         // The contract: what the operator renders, the sidecar's own parser reads back
         // to the same values (a `1m30s` threshold once made every sidecar exit at start).
@@ -250,10 +252,7 @@ proptest! {
     #[test]
     fn extreme_values_never_panic(spec in arb_extreme_spec()) {
         let Ok(p) = plan(&spec) else { return Ok(()) };
-        let mut aw = ApiWorkload::new("w", spec.clone());
-        aw.metadata.namespace = Some("ns".into());
-        aw.metadata.uid = Some("uid".into());
-        let r = render(&aw, &p, &RenderContext::default());
+        let r = rendered(&spec, &p);
         prop_assert!(p.sizing.workers >= 1);
         let b = &p.budget;
         prop_assert!(b.termination_grace_period >= b.drain && b.termination_grace_period >= b.graceful_shutdown);
