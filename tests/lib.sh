@@ -31,8 +31,18 @@ install_prerequisites() {
 use_cargo_cache() {
   local key
   key=$( (cat "$REPO/Cargo.lock" 2>/dev/null; rustc -V) | sha256sum | cut -c1-16)
-  export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$APIW_CACHE/cargo-target/$key}
+  if [ -z "${CARGO_TARGET_DIR:-}" ]; then
+    # Only the current one is kept: each is gigabytes, and a machine that keeps every
+    # lockfile's build fills its disk (CI once failed with "No space left on device").
+    find "$APIW_CACHE/cargo-target" -mindepth 1 -maxdepth 1 -type d ! -name "$key" \
+      -exec rm -rf {} + 2>/dev/null || true
+    export CARGO_TARGET_DIR=$APIW_CACHE/cargo-target/$key
+  fi
   mkdir -p "$CARGO_TARGET_DIR"
+  # The sidecar tests copy the binary to /tmp for another UID (one copy per build);
+  # copies from earlier runs are removed.
+  find "${TMPDIR:-/tmp}" -maxdepth 1 -name 'apiw-sidecar-*' -mmin +180 \
+    -exec rm -rf {} + 2>/dev/null || true
 }
 
 # A venv with the pinned Python test servers (tests/apps/requirements.txt), one per

@@ -57,6 +57,7 @@ fn install_sidecar_policy(cluster: &Cluster) {
         "-f",
         &file.to_string_lossy(),
     ]);
+    let _ = std::fs::remove_file(&file);
     assert!(ok, "applying the sidecar policy failed: {stdout}{stderr}");
 }
 
