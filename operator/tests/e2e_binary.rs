@@ -2,14 +2,12 @@
 //! and leader election between two replicas. Its own test binary (its own operators).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "support/process.rs"]
-mod process;
 mod support;
 
 use std::time::{Duration, Instant};
 
+use apiworkload_e2e::process::Operator;
 use apiworkload_e2e::{Cluster, TestNamespace, install_crds, poll_until, wait_until};
-use process::Operator;
 use support::*;
 
 #[tokio::test]
@@ -20,10 +18,10 @@ async fn binary_serves_admin_endpoints_reconciles_and_stops_on_sigterm() {
     let ns = TestNamespace::create(&client, "binary", &[]).await;
     let mut op = Operator::start(cluster, "binary-test", false, "default");
     wait_until(Duration::from_secs(30), "/readyz", || async {
-        op.get("/readyz").is_some_and(|(c, _)| c == 200)
+        op.get("/readyz").is_some_and(|r| r.ok())
     })
     .await;
-    assert_eq!(op.get("/healthz").unwrap().0, 200);
+    assert_eq!(op.get("/healthz").unwrap().status, 200);
 
     create_workload(&client, &ns.name, "api", fixed_spec(1)).await;
     wait_deployment(&client, &ns.name, "api", "the Deployment", |_| true).await;
@@ -37,7 +35,7 @@ async fn binary_serves_admin_endpoints_reconciles_and_stops_on_sigterm() {
     )
     .await;
     assert!(applied >= 1.0);
-    let (_, body) = op.get("/metrics").unwrap();
+    let body = op.get("/metrics").unwrap().body;
     assert!(
         body.contains("apiworkload_operator_reconcile_duration_seconds_bucket"),
         "{body}"

@@ -4,12 +4,11 @@
 //! admin) through the scenario of the operator's e2e tests, then `helm uninstall`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "support/process.rs"]
-mod process;
 mod support;
 
 use std::{path::PathBuf, process::Command, time::Duration};
 
+use apiworkload_e2e::process::Operator;
 use apiworkload_e2e::{Cluster, TestNamespace, poll_until, repo_root, unique_suffix};
 use apiworkload_operator::api::ApiWorkload;
 use k8s_openapi::api::{
@@ -22,7 +21,6 @@ use kube::{
     Api,
     api::{DeleteParams, Patch, PatchParams},
 };
-use process::Operator;
 use serde_json::{Value, json};
 use support::*;
 

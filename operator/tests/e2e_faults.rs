@@ -9,17 +9,15 @@
 
 #[path = "support/faults.rs"]
 mod faults;
-#[path = "support/process.rs"]
-mod process;
 mod support;
 
 use std::time::{Duration, Instant};
 
+use apiworkload_e2e::process::Operator;
 use apiworkload_e2e::{PrivateCluster, TestNamespace, install_crds, wait_until};
 use faults::*;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::{Api, api::ListParams};
-use process::Operator;
 use support::*;
 
 /// One fault at a time: each runs a control plane and 200 workloads on 2 cores.

@@ -36,32 +36,10 @@ struct KedaCrd(&'static Cluster);
 
 impl KedaCrd {
     fn install(cluster: &'static Cluster) -> KedaCrd {
-        let path = std::env::temp_dir().join(format!(
-            "keda-crd-{}.yaml",
-            apiworkload_e2e::unique_suffix()
-        ));
-        std::fs::write(&path, KEDA_CRD).unwrap();
-        let (ok, out, err) = cluster.kubectl(&["apply", "-f", &path.to_string_lossy()]);
+        let crd: serde_json::Value = serde_yaml_ng::from_str(KEDA_CRD).unwrap();
+        let (ok, out, err) = cluster.apply(&crd);
         assert!(ok, "{out}{err}");
-        // Polled: `kubectl wait` fails at once while the new CRD has no conditions yet.
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while cluster
-            .kubectl(&[
-                "get",
-                "crd/scaledobjects.keda.sh",
-                "-o",
-                "jsonpath={.status.conditions[?(@.type==\"Established\")].status}",
-            ])
-            .1
-            .trim()
-            != "True"
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the stand-in KEDA CRD was not established"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        cluster.wait_crd_established("scaledobjects.keda.sh");
         KedaCrd(cluster)
     }
 }

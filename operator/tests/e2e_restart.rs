@@ -5,12 +5,11 @@
 
 #[path = "support/faults.rs"]
 mod faults;
-#[path = "support/process.rs"]
-mod process;
 mod support;
 
 use std::time::Duration;
 
+use apiworkload_e2e::process::Operator;
 use apiworkload_e2e::{Cluster, TestNamespace, install_crds, wait_until};
 use apiworkload_operator::api::ApiWorkload;
 use faults::*;
@@ -19,7 +18,6 @@ use kube::{
     Api,
     api::{ListParams, ObjectList},
 };
-use process::Operator;
 use support::*;
 
 const WORKLOADS: usize = 200;

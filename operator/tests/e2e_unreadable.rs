@@ -9,15 +9,13 @@
 //! from that release would hold it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "support/process.rs"]
-mod process;
 mod support;
 
 use std::time::Duration;
 
+use apiworkload_e2e::process::Operator;
 use apiworkload_e2e::{PrivateCluster, TestNamespace, poll_until};
 use apiworkload_operator::api::rules::crd;
-use process::Operator;
 use serde_json::{Value, json};
 use support::*;
 
@@ -36,37 +34,17 @@ fn earlier_crd() -> Value {
 }
 
 fn install(cluster: &PrivateCluster, crd: &Value) {
-    let path = std::env::temp_dir().join(format!("crd-{}.json", apiworkload_e2e::unique_suffix()));
-    std::fs::write(&path, serde_json::to_vec(crd).unwrap()).unwrap();
-    let (ok, out, err) = cluster.kubectl(&[
-        "apply",
-        "--server-side",
-        "--force-conflicts",
-        "-f",
-        &path.to_string_lossy(),
-    ]);
+    let (ok, out, err) = cluster.apply(crd);
     assert!(ok, "{out}{err}");
-    let (ok, out, err) = cluster.kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=30s",
-        "crd/apiworkloads.apiworkload.io",
-    ]);
-    assert!(ok, "{out}{err}");
+    cluster.wait_crd_established("apiworkloads.apiworkload.io");
 }
 
 /// `kubectl apply` of one workload (retried while discovery catches up with the CRD).
 async fn apply(cluster: &PrivateCluster, ns: &str, name: &str, spec: Value) {
     let doc = json!({"apiVersion": "apiworkload.io/v1alpha1", "kind": "ApiWorkload",
         "metadata": {"name": name, "namespace": ns}, "spec": spec});
-    let path =
-        std::env::temp_dir().join(format!("{name}-{}.json", apiworkload_e2e::unique_suffix()));
-    std::fs::write(&path, serde_json::to_vec(&doc).unwrap()).unwrap();
     poll_until(Duration::from_secs(30), "kubectl apply", || async {
-        cluster
-            .kubectl(&["apply", "-f", &path.to_string_lossy()])
-            .0
-            .then_some(())
+        cluster.apply(&doc).0.then_some(())
     })
     .await;
 }

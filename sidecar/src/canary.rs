@@ -63,6 +63,29 @@ pub struct Observations {
     pub stalled_seconds_union: f64,
     /// End of the latest stall recorded, for the union.
     covered_until: Option<Instant>,
+    /// Totals already handed out by [`Observations::take_delta`].
+    reported: Reported,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Reported {
+    probes: u64,
+    failures: u64,
+    stalled_seconds: f64,
+}
+
+/// What the canaries saw since the previous [`Observations::take_delta`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CanaryDelta {
+    pub probes: u64,
+    pub failures: u64,
+    /// Stalled time added (overlapping stalls counted once).
+    pub stalled_seconds: f64,
+    pub stalls: Vec<Stall>,
+    /// Latencies (seconds) of the probes completed.
+    pub latencies: Vec<f64>,
+    /// Age of the oldest unanswered probe now.
+    pub oldest_inflight: Option<Duration>,
 }
 
 impl Observations {
@@ -73,6 +96,27 @@ impl Observations {
             .flatten()
             .map(|t| t.elapsed())
             .max()
+    }
+
+    /// Everything new since the last call; the stalls and latencies handed out are
+    /// dropped here, which keeps memory bounded.
+    pub fn take_delta(&mut self) -> CanaryDelta {
+        let before = std::mem::replace(
+            &mut self.reported,
+            Reported {
+                probes: self.probes,
+                failures: self.failures,
+                stalled_seconds: self.stalled_seconds_union,
+            },
+        );
+        CanaryDelta {
+            probes: self.probes.saturating_sub(before.probes),
+            failures: self.failures.saturating_sub(before.failures),
+            stalled_seconds: (self.stalled_seconds_union - before.stalled_seconds).max(0.0),
+            stalls: std::mem::take(&mut self.stalls),
+            latencies: std::mem::take(&mut self.latencies),
+            oldest_inflight: self.oldest_inflight(),
+        }
     }
 
     /// Total stalled time detected.

@@ -5,96 +5,12 @@
 use apiworkload_contract::SidecarCondition;
 use serde::Serialize;
 
+use crate::window::Window;
+
 /// Bad windows in a row before a condition turns False.
 pub const FALSE_AFTER: u32 = 3;
 /// Good windows in a row before it turns True again.
 pub const TRUE_AFTER: u32 = 5;
-
-/// What one window measured (the evidence behind the verdicts, in /report).
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Window {
-    /// Seconds of the window the event loop was stalled.
-    pub stalled_seconds: f64,
-    pub window_seconds: f64,
-    /// As-app DNS queries per lookup (None without DNS probes).
-    pub dns_queries_per_lookup: Option<f64>,
-    /// Slowest as-app lookup in the window.
-    pub dns_slowest_lookup_seconds: Option<f64>,
-    pub dns_timeouts: u64,
-    /// Outbound connections opened in the window.
-    pub outbound_opened: u64,
-    /// Median lifetime of outbound connections that ended in the window.
-    pub outbound_median_lifetime_seconds: Option<f64>,
-    /// Inbound connections the server closed after they sat open (keep-alive closes).
-    pub inbound_idle_closes: u64,
-    /// Longest accept queue of the app's listening socket seen in the window.
-    pub accept_queue_max: u32,
-    /// Most CLOSE_WAIT sockets of the app seen at once in the window.
-    pub close_wait_max: u32,
-    /// Canary requests sent in the window, and how many got no answer (refused, reset,
-    /// timed out).
-    pub canary_probes: u64,
-    pub canary_failures: u64,
-    /// Socket-table samples in the window, and those that found no readable source.
-    pub socket_samples: u64,
-    pub socket_sample_failures: u64,
-}
-
-/// Raw measurements accumulated by the watchers between two evaluations.
-#[derive(Debug, Clone, Default)]
-pub struct WindowAccumulator {
-    /// Stalled seconds the canary saw.
-    pub stalled_seconds: f64,
-    /// Stalled worker-seconds the heartbeat saw (the same stall may be in both).
-    pub heartbeat_stalled_seconds: f64,
-    /// A canary probe was outstanding past the threshold at some point in the window.
-    pub stalled_in_progress: bool,
-    pub window_seconds: f64,
-    pub dns_lookups: u64,
-    pub dns_queries: u64,
-    pub dns_slowest_lookup_seconds: Option<f64>,
-    pub dns_timeouts: u64,
-    pub outbound_opened: u64,
-    pub outbound_lifetimes: Vec<f64>,
-    pub inbound_idle_closes: u64,
-    pub accept_queue_max: u32,
-    pub close_wait_max: u32,
-    pub canary_probes: u64,
-    pub canary_failures: u64,
-    pub socket_samples: u64,
-    pub socket_sample_failures: u64,
-}
-
-impl WindowAccumulator {
-    /// The window's summary. A stall in progress counts as stalled for the whole window
-    /// (at least the threshold), so a long stall is reported while it happens.
-    pub fn finish(self, threshold_seconds: f64) -> Window {
-        let mut stalled = self.stalled_seconds.max(self.heartbeat_stalled_seconds);
-        if self.stalled_in_progress {
-            stalled = stalled.max(self.window_seconds.max(threshold_seconds));
-        }
-        let mut lifetimes = self.outbound_lifetimes;
-        lifetimes.sort_by(f64::total_cmp);
-        Window {
-            stalled_seconds: stalled.min(self.window_seconds),
-            window_seconds: self.window_seconds,
-            dns_queries_per_lookup: (self.dns_lookups > 0)
-                .then(|| self.dns_queries as f64 / self.dns_lookups as f64),
-            dns_slowest_lookup_seconds: self.dns_slowest_lookup_seconds,
-            dns_timeouts: self.dns_timeouts,
-            outbound_opened: self.outbound_opened,
-            outbound_median_lifetime_seconds: lifetimes.get(lifetimes.len() / 2).copied(),
-            inbound_idle_closes: self.inbound_idle_closes,
-            accept_queue_max: self.accept_queue_max,
-            close_wait_max: self.close_wait_max,
-            canary_probes: self.canary_probes,
-            canary_failures: self.canary_failures,
-            socket_samples: self.socket_samples,
-            socket_sample_failures: self.socket_sample_failures,
-        }
-    }
-}
 
 /// Thresholds (defaults documented in `--help`).
 #[derive(Debug, Clone, PartialEq)]

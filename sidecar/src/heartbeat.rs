@@ -60,6 +60,20 @@ pub struct Heartbeats {
     /// Stalled worker-seconds so far.
     pub stalled_seconds: f64,
     pub beats: u64,
+    /// Stalled seconds already handed out by [`Heartbeats::take_delta`].
+    reported_stalled_seconds: f64,
+}
+
+/// What the heartbeats showed since the previous [`Heartbeats::take_delta`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HeartbeatDelta {
+    pub stalls: Vec<WorkerStall>,
+    /// Stalled worker-seconds added.
+    pub stalled_seconds: f64,
+    /// Workers beating now.
+    pub workers: usize,
+    /// How late the most overdue worker is now.
+    pub overdue: Option<Duration>,
 }
 
 impl Heartbeats {
@@ -106,6 +120,20 @@ impl Heartbeats {
                     .saturating_sub(w.interval)
             })
             .max()
+    }
+
+    /// Everything new since the last call (and forgets workers silent for
+    /// [`FORGET_AFTER`]).
+    pub fn take_delta(&mut self, now: Instant) -> HeartbeatDelta {
+        let overdue = self.overdue(now);
+        let added = (self.stalled_seconds - self.reported_stalled_seconds).max(0.0);
+        self.reported_stalled_seconds = self.stalled_seconds;
+        HeartbeatDelta {
+            stalls: std::mem::take(&mut self.stalls),
+            stalled_seconds: added,
+            workers: self.workers(),
+            overdue,
+        }
     }
 
     pub fn workers(&self) -> usize {
@@ -156,6 +184,15 @@ mod tests {
         assert_eq!(h.stalls[0].slot, 0, "worker 2 beat first: slot 0");
         assert!((h.stalls[0].seconds - 1.0).abs() < 1e-9);
         assert_eq!(h.workers(), 2);
+        let delta = h.take_delta(at(1120));
+        assert_eq!((delta.stalls.len(), delta.workers), (1, 2));
+        assert!((delta.stalled_seconds - 1.0).abs() < 1e-9);
+        let again = h.take_delta(at(1120));
+        assert_eq!(
+            (again.stalls.len(), again.stalled_seconds),
+            (0, 0.0),
+            "each stall is handed out once"
+        );
     }
 
     #[test]

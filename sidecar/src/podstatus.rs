@@ -144,7 +144,7 @@ impl PodStatusWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conditions::{Thresholds, Window};
+    use crate::{conditions::Thresholds, window::Window};
 
     fn stalled(c: &mut Conditions) {
         let w = Window {

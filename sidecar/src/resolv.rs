@@ -5,6 +5,8 @@
 //! `ndots:5`, `api.example.com` is first tried as `api.example.com.<ns>.svc.cluster.local.`
 //! and so on, each as A and AAAA. [`candidates`] reproduces that order exactly.
 
+use serde::Serialize;
+
 /// What the resolver reads from resolv.conf.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResolvConf {
@@ -105,6 +107,34 @@ pub fn candidates(name: &str, conf: &ResolvConf) -> Vec<String> {
     } else {
         searched.chain(std::iter::once(absolute)).collect()
     }
+}
+
+/// What the resolver configuration alone says about one probed name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SearchExpansion {
+    pub name: String,
+    /// Names the resolver tries, in order.
+    pub candidates: Vec<String>,
+    /// Queries before the real name is asked (A and AAAA each): the ndots tax of an
+    /// external name that only resolves as itself.
+    pub queries_before_name: usize,
+}
+
+/// The static DNS finding for each configured name.
+pub fn search_expansions(conf: &ResolvConf, names: &[String]) -> Vec<SearchExpansion> {
+    names
+        .iter()
+        .map(|name| {
+            let c = candidates(name, conf);
+            let absolute = format!("{}.", name.trim_end_matches('.'));
+            let position = c.iter().position(|n| *n == absolute).unwrap_or(0);
+            SearchExpansion {
+                name: name.clone(),
+                queries_before_name: 2 * position,
+                candidates: c,
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

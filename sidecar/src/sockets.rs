@@ -63,6 +63,17 @@ pub struct OutboundTracker {
     pub closed_locally: u64,
     /// Lifetimes (seconds) of connections that ended, lower bounds at sample resolution.
     pub lifetimes: Vec<f64>,
+    /// (opened, closed_locally) already handed out by [`OutboundTracker::take_delta`].
+    reported: (u64, u64),
+}
+
+/// Outbound connections since the previous [`OutboundTracker::take_delta`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OutboundDelta {
+    pub opened: u64,
+    pub closed_locally: u64,
+    /// Lifetimes (seconds) of the connections that ended.
+    pub lifetimes: Vec<f64>,
 }
 
 fn key(row: &TcpRow) -> ConnKey {
@@ -70,6 +81,17 @@ fn key(row: &TcpRow) -> ConnKey {
 }
 
 impl OutboundTracker {
+    /// Everything new since the last call.
+    pub fn take_delta(&mut self) -> OutboundDelta {
+        let (opened, closed) =
+            std::mem::replace(&mut self.reported, (self.opened, self.closed_locally));
+        OutboundDelta {
+            opened: self.opened.saturating_sub(opened),
+            closed_locally: self.closed_locally.saturating_sub(closed),
+            lifetimes: std::mem::take(&mut self.lifetimes),
+        }
+    }
+
     /// Marks everything in `rows` as already known, so only later connections count.
     pub fn baseline(&mut self, rows: &[TcpRow], now: Instant) {
         for row in rows {
@@ -321,6 +343,15 @@ mod tests {
             (t.opened, t.closed_locally),
             (3, 3),
             "each TIME_WAIT counted once"
+        );
+        let delta = t.take_delta();
+        assert_eq!((delta.opened, delta.closed_locally), (3, 3));
+        t.observe(&[row(40004, 9000, TcpState::TimeWait)], t0);
+        let delta = t.take_delta();
+        assert_eq!(
+            (delta.opened, delta.closed_locally),
+            (1, 1),
+            "only what is new since the last delta"
         );
     }
 

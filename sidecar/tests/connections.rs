@@ -11,14 +11,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-mod support;
-
-use apiworkload_e2e::{PythonServer, http_get_blocking};
+use apiworkload_e2e::process::Sidecar;
+use apiworkload_e2e::{PythonServer, http_get};
 use apiworkload_sidecar::{
     procnet::{TcpRow, parse_tcp},
     sockets::OutboundTracker,
 };
-use support::Sidecar;
 
 /// Rows of connections from the app to `upstream_port`.
 fn outbound_rows(upstream_port: u16) -> Vec<TcpRow> {
@@ -42,15 +40,13 @@ async fn measure(
     tracker.baseline(&outbound_rows(port), Instant::now());
     let addr = app.addr;
     let url = format!("/outbound?url=http://127.0.0.1:{port}/healthz&n={calls}&pooled={pooled}");
-    let call = tokio::task::spawn_blocking(move || http_get_blocking(addr, &url));
+    let call = tokio::task::spawn_blocking(move || http_get(addr, &url));
     while !call.is_finished() {
         tracker.observe(&outbound_rows(port), Instant::now());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(
-        call.await
-            .unwrap()
-            .is_some_and(|r| r.starts_with("HTTP/1.1 200")),
+        call.await.unwrap().is_some_and(|r| r.ok()),
         "the outbound calls failed"
     );
     for _ in 0..3 {
@@ -262,9 +258,7 @@ async fn the_sidecar_flags_a_client_per_call_and_not_a_shared_client() {
             let url = format!("/outbound?url=http://127.0.0.1:{port}/healthz&n=5&pooled={pooled}");
             let end = std::time::Instant::now() + Duration::from_secs(10);
             while std::time::Instant::now() < end {
-                assert!(
-                    http_get_blocking(addr, &url).is_some_and(|r| r.starts_with("HTTP/1.1 200"))
-                );
+                assert!(http_get(addr, &url).is_some_and(|r| r.ok()));
                 std::thread::sleep(Duration::from_millis(200));
             }
         })

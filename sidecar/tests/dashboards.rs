@@ -14,12 +14,13 @@ use std::{
 mod operator_support;
 mod support;
 
+use apiworkload_e2e::process::Sidecar;
 use apiworkload_e2e::{
-    Cluster, PythonServer, TestNamespace, free_port, http_get_blocking, poll_until, repo_root,
+    Cluster, PythonServer, TestNamespace, free_port, http_get, poll_until, repo_root,
 };
 use operator_support::{create_workload, fixed_spec, start_operator, wait_status};
 use serde_json::Value;
-use support::{Dnsmasq, Sidecar};
+use support::Dnsmasq;
 
 /// Metrics from outside this project (cAdvisor): their queries must parse, but nothing
 /// here exports them.
@@ -69,8 +70,8 @@ impl Prometheus {
     }
 
     fn get(&self, path_and_query: &str) -> Option<Value> {
-        let text = http_get_blocking(([127, 0, 0, 1], self.port).into(), path_and_query)?;
-        serde_json::from_str(text.split("\r\n\r\n").nth(1)?).ok()
+        serde_json::from_str(&http_get(([127, 0, 0, 1], self.port).into(), path_and_query)?.body)
+            .ok()
     }
 
     fn query(&self, expr: &str) -> Value {
@@ -180,12 +181,10 @@ async fn every_dashboard_query_returns_data_from_real_exporters() {
     ]);
     poll_until(Duration::from_secs(30), "Prometheus ready", || async {
         let p = prometheus.port;
-        tokio::task::spawn_blocking(move || {
-            http_get_blocking(([127, 0, 0, 1], p).into(), "/-/ready")
-        })
-        .await
-        .unwrap()
-        .filter(|r| r.starts_with("HTTP/1.1 200"))
+        tokio::task::spawn_blocking(move || http_get(([127, 0, 0, 1], p).into(), "/-/ready"))
+            .await
+            .unwrap()
+            .filter(|r| r.ok())
     })
     .await;
 
@@ -202,7 +201,7 @@ async fn every_dashboard_query_returns_data_from_real_exporters() {
                 10 => "/block?seconds=0.4".to_string(),
                 _ => "/healthz".to_string(),
             };
-            assert!(http_get_blocking(addr, &path).is_some());
+            assert!(http_get(addr, &path).is_some());
             tick += 1;
             std::thread::sleep(Duration::from_millis(100));
         }

@@ -7,11 +7,12 @@ use std::{net::SocketAddr, time::Duration};
 
 mod support;
 
+use apiworkload_e2e::process::Sidecar;
 use apiworkload_sidecar::{
     dns::{Mode, Rcode, lookup},
     resolv::parse,
 };
-use support::{Dnsmasq, Sidecar};
+use support::Dnsmasq;
 use tokio::net::UdpSocket;
 
 const SEARCH: &str = "search ns.svc.cluster.local svc.cluster.local cluster.local\n";
@@ -163,17 +164,15 @@ async fn the_sidecar_binary_exports_lookups_and_the_ndots_tax() {
         format!("--dns-port={}", server.addr.port()),
         format!("--resolv-conf={}", resolv.display()),
     ]);
-    let port = sidecar.addr.port();
-    let metric = |text: &str, series: &str| -> f64 {
-        text.lines()
-            .find(|l| l.starts_with(series))
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-            .unwrap_or(0.0)
+    let metric = |text: &str, sample: &str| -> f64 {
+        apiworkload_e2e::metric_sample(text, sample).unwrap_or(0.0)
     };
     let mut text = String::new();
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        text = http_get(port, "/metrics").await.unwrap_or_default();
+        text = apiworkload_e2e::http_get(sidecar.addr, "/metrics")
+            .map(|r| r.body)
+            .unwrap_or_default();
         if metric(
             &text,
             r#"apiworkload_sidecar_dns_lookups_total{target="api.example.test",mode="as_app",result="ok"}"#,
@@ -201,17 +200,4 @@ async fn the_sidecar_binary_exports_lookups_and_the_ndots_tax() {
         r#"apiworkload_sidecar_dns_search_queries_before_name{target="api.example.test"} 6"#
     ));
     assert!(text.contains("apiworkload_sidecar_dns_lookup_duration_seconds_bucket"));
-}
-
-async fn http_get(port: u16, path: &str) -> Option<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.ok()?;
-    Some(out)
 }

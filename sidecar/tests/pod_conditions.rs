@@ -17,9 +17,8 @@ use std::{
 mod operator_support;
 mod support;
 
-use apiworkload_e2e::{
-    Cluster, PythonServer, TestNamespace, http_get_blocking, poll_until, repo_root,
-};
+use apiworkload_e2e::process::Sidecar;
+use apiworkload_e2e::{Cluster, PythonServer, TestNamespace, http_get, poll_until, repo_root};
 use k8s_openapi::api::core::v1::{Pod, PodCondition, Secret};
 use kube::{
     Api, Client, Config,
@@ -28,7 +27,6 @@ use kube::{
 };
 use operator_support::{condition, create_workload, fixed_spec, shared_operator, wait_status};
 use serde_json::json;
-use support::Sidecar;
 
 /// The chart's sidecar ClusterRole and admission policy, as `helm template` renders them.
 fn install_sidecar_policy(cluster: &Cluster) {
@@ -293,7 +291,7 @@ async fn sidecar_writes_its_own_pods_conditions_and_the_operator_rolls_them_up()
         std::thread::spawn(move || {
             let deadline = std::time::Instant::now() + Duration::from_secs(40);
             while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
-                let _ = http_get_blocking(addr, "/block?seconds=0.6");
+                let _ = http_get(addr, "/block?seconds=0.6");
                 std::thread::sleep(Duration::from_millis(50));
             }
         })

@@ -17,10 +17,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-mod support;
-
+use apiworkload_e2e::process::Sidecar;
 use apiworkload_e2e::{PythonServer, free_port};
-use support::Sidecar;
 
 const ANON_TARGET: u64 = 16 * 1024 * 1024;
 
@@ -153,7 +151,7 @@ async fn sigterm_stops_it_cleanly_and_promptly() {
     let app_port = apiworkload_e2e::free_port();
     let mut sidecar = Sidecar::start(&[format!("--app-port={app_port}")]);
     apiworkload_e2e::wait_until(std::time::Duration::from_secs(10), "/healthz", || async {
-        apiworkload_e2e::http_get_blocking(sidecar.addr, "/healthz").is_some()
+        apiworkload_e2e::http_get(sidecar.addr, "/healthz").is_some()
     })
     .await;
     let status = sidecar.terminate(std::time::Duration::from_secs(5));

@@ -8,11 +8,9 @@ use std::{
     time::Duration,
 };
 
-mod support;
-
-use apiworkload_e2e::{PythonServer, free_udp_addr, http_get_blocking};
+use apiworkload_e2e::process::Sidecar;
+use apiworkload_e2e::{PythonServer, free_udp_addr, http_get};
 use apiworkload_sidecar::canary::{self, CanaryConfig, Observations};
-use support::Sidecar;
 
 fn canary_for(server: &PythonServer, connections: usize) -> Arc<Mutex<Observations>> {
     canary::start(CanaryConfig {
@@ -29,7 +27,7 @@ fn canary_for(server: &PythonServer, connections: usize) -> Arc<Mutex<Observatio
 fn background_traffic(addr: std::net::SocketAddr, requests: usize) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         for _ in 0..requests {
-            let _ = http_get_blocking(addr, "/healthz");
+            let _ = http_get(addr, "/healthz");
             std::thread::sleep(Duration::from_millis(100));
         }
     })
@@ -65,9 +63,8 @@ async fn injected_stall_is_measured(path: &'static str, seconds: f64) {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let load = background_traffic(server.addr, 30);
     let addr = server.addr;
-    let blocked = tokio::task::spawn_blocking(move || {
-        http_get_blocking(addr, &format!("{path}?seconds={seconds}"))
-    });
+    let blocked =
+        tokio::task::spawn_blocking(move || http_get(addr, &format!("{path}?seconds={seconds}")));
     // While the loop is frozen, the canary sees a stall in progress.
     tokio::time::sleep(Duration::from_secs_f64(seconds / 2.0)).await;
     let in_progress = obs.lock().unwrap().oldest_inflight();
@@ -75,12 +72,7 @@ async fn injected_stall_is_measured(path: &'static str, seconds: f64) {
         in_progress.is_some_and(|d| d > Duration::from_millis(100)),
         "no stall in progress: {in_progress:?}"
     );
-    assert!(
-        blocked
-            .await
-            .unwrap()
-            .is_some_and(|r| r.starts_with("HTTP/1.1 200"))
-    );
+    assert!(blocked.await.unwrap().is_some_and(|r| r.ok()));
     tokio::time::sleep(Duration::from_secs(1)).await;
     tokio::task::spawn_blocking(move || load.join().unwrap())
         .await
@@ -124,29 +116,28 @@ async fn the_sidecar_binary_exports_stalled_seconds() {
     ]);
     let metrics_addr = sidecar.addr;
     let stalled = |text: &str| -> f64 {
-        text.lines()
-            .find(|l| {
-                l.starts_with(
-                    r#"apiworkload_sidecar_event_loop_stall_seconds_total{source="canary"}"#,
-                )
-            })
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-            .unwrap_or(0.0)
+        apiworkload_e2e::metric_sample(
+            text,
+            r#"apiworkload_sidecar_event_loop_stall_seconds_total{source="canary"}"#,
+        )
+        .unwrap_or(0.0)
     };
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let before = tokio::task::spawn_blocking(move || http_get_blocking(metrics_addr, "/metrics"))
+    let before = tokio::task::spawn_blocking(move || http_get(metrics_addr, "/metrics"))
         .await
-        .unwrap();
+        .unwrap()
+        .map(|r| r.body);
     let addr = server.addr;
-    tokio::task::spawn_blocking(move || http_get_blocking(addr, "/block?seconds=1.2"))
+    tokio::task::spawn_blocking(move || http_get(addr, "/block?seconds=1.2"))
         .await
         .unwrap();
     let mut text = String::new();
     for _ in 0..20 {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        text = tokio::task::spawn_blocking(move || http_get_blocking(metrics_addr, "/metrics"))
+        text = tokio::task::spawn_blocking(move || http_get(metrics_addr, "/metrics"))
             .await
             .unwrap()
+            .map(|r| r.body)
             .unwrap_or_default();
         if stalled(&text) > 0.0 {
             break;
@@ -180,15 +171,15 @@ async fn event_loop_condition_turns_false_during_a_long_stall_and_recovers() {
     ]);
     let report_addr = sidecar.addr;
     let event_loop = move || -> Option<(bool, String)> {
-        let text = http_get_blocking(report_addr, "/report")?;
-        let body: serde_json::Value = serde_json::from_str(text.split("\r\n\r\n").nth(1)?).ok()?;
+        let body: serde_json::Value =
+            serde_json::from_str(&http_get(report_addr, "/report")?.body).ok()?;
         let c = &body["conditions"]["event_loop"];
         Some((c["status"].as_bool()?, c["reason"].as_str()?.to_string()))
     };
     tokio::time::sleep(Duration::from_secs(3)).await;
     let healthy = tokio::task::spawn_blocking(event_loop).await.unwrap();
     let addr = server.addr;
-    let stall = tokio::task::spawn_blocking(move || http_get_blocking(addr, "/block?seconds=5"));
+    let stall = tokio::task::spawn_blocking(move || http_get(addr, "/block?seconds=5"));
     let mut during = None;
     for _ in 0..20 {
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -278,10 +269,10 @@ async fn with_two_gunicorn_workers_a_stall_in_either_is_seen() {
     let (mut by_heartbeat, mut by_canary) = (Vec::new(), Vec::new());
     for _ in 0..6 {
         let before = (stalled("heartbeat"), stalled("canary"));
-        let ok = tokio::task::spawn_blocking(move || http_get_blocking(addr, "/block?seconds=1"))
+        let ok = tokio::task::spawn_blocking(move || http_get(addr, "/block?seconds=1"))
             .await
             .unwrap();
-        assert!(ok.is_some_and(|r| r.starts_with("HTTP/1.1 200")));
+        assert!(ok.is_some_and(|r| r.ok()));
         tokio::time::sleep(Duration::from_millis(1300)).await;
         by_heartbeat.push(stalled("heartbeat") - before.0);
         by_canary.push(stalled("canary") - before.1);
@@ -360,10 +351,10 @@ async fn small_requests_queued_behind_a_25_mb_json_parse_are_detected() {
     let mut slowest_small = Duration::ZERO;
     for _ in 0..100 {
         let started = std::time::Instant::now();
-        let ok = tokio::task::spawn_blocking(move || http_get_blocking(addr, "/healthz"))
+        let ok = tokio::task::spawn_blocking(move || http_get(addr, "/healthz"))
             .await
             .unwrap();
-        assert!(ok.is_some_and(|r| r.starts_with("HTTP/1.1 200")));
+        assert!(ok.is_some_and(|r| r.ok()));
         slowest_small = slowest_small.max(started.elapsed());
         if big.is_finished() {
             break;

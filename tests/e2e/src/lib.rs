@@ -6,6 +6,8 @@
 //! these tests never skip.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a harness failure must fail the test loudly
 
+pub mod process;
+
 use std::{
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
@@ -175,6 +177,43 @@ impl Cluster {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     }
+
+    /// `kubectl apply` (server-side) of one document: an object, or a `List` of them.
+    pub fn apply(&self, doc: &serde_json::Value) -> (bool, String, String) {
+        let path = std::env::temp_dir().join(format!("apply-{}.json", unique_suffix()));
+        std::fs::write(&path, serde_json::to_vec(doc).expect("JSON")).expect("write manifest");
+        let result = self.kubectl(&[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            &path.to_string_lossy(),
+        ]);
+        let _ = std::fs::remove_file(&path);
+        result
+    }
+
+    /// Waits until the CRD `name` is Established; panics after 30 s. Polled: `kubectl
+    /// wait` fails at once while a new CRD has no conditions yet.
+    pub fn wait_crd_established(&self, name: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, out, _) = self.kubectl(&[
+                "get",
+                &format!("crd/{name}"),
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Established\")].status}",
+            ]);
+            if out.trim() == "True" {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "CRD {name} not Established after 30 s: {out:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
 }
 
 /// A namespace that exists for one test; its deletion is requested on drop.
@@ -319,24 +358,7 @@ pub fn install_crds(cluster: &Cluster) {
             &crds.to_string_lossy(),
         ]);
         assert!(ok, "kubectl apply -f crds/ failed: {out}{err}");
-        // Polled: `kubectl wait` fails at once while the new CRD has no conditions yet.
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let (_, out, _) = cluster.kubectl(&[
-                "get",
-                "crd/apiworkloads.apiworkload.io",
-                "-o",
-                "jsonpath={.status.conditions[?(@.type==\"Established\")].status}",
-            ]);
-            if out.trim() == "True" {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "CRD not established after 30 s: {out}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        cluster.wait_crd_established("apiworkloads.apiworkload.io");
     }
 }
 
@@ -449,9 +471,7 @@ impl PythonServer {
         };
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
-            if http_get_blocking(server.addr, "/healthz")
-                .is_some_and(|r| r.starts_with("HTTP/1.1 200"))
-            {
+            if http_get(server.addr, "/healthz").is_some_and(|r| r.ok()) {
                 return server;
             }
             assert!(
@@ -501,8 +521,22 @@ pub fn dnsmasq_command(port: u16) -> Command {
     command
 }
 
-/// One GET on a fresh connection (blocking; for readiness checks).
-pub fn http_get_blocking(addr: std::net::SocketAddr, path: &str) -> Option<String> {
+/// An HTTP response: status code and body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub body: String,
+}
+
+impl HttpResponse {
+    pub fn ok(&self) -> bool {
+        self.status == 200
+    }
+}
+
+/// One GET on a fresh connection (blocking, `Connection: close`): the one HTTP client of
+/// the tests. `None` when nothing answered within 2 s (connect) or 30 s (response).
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> Option<HttpResponse> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
@@ -513,5 +547,27 @@ pub fn http_get_blocking(addr: std::net::SocketAddr, path: &str) -> Option<Strin
     .ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
-    Some(out)
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    Some(HttpResponse {
+        status: head.split_whitespace().nth(1)?.parse().ok()?,
+        body: body.to_string(),
+    })
+}
+
+/// The value of one sample in a Prometheus text exposition: `name{labels}` exactly as
+/// exported, or a bare name for a sample without labels.
+pub fn metric_sample(exposition: &str, sample: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' '))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// The sum over every label set of the metric `name` (0 when it is not exported).
+pub fn metric_sum(exposition: &str, name: &str) -> f64 {
+    exposition
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }

@@ -168,18 +168,7 @@ async fn crd_cel_rule_rejects_violating_object_with_its_message() {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     crds.create(&PostParams::default(), &crd).await.unwrap();
     let name = format!("windows.{group}");
-    wait_until(Duration::from_secs(30), "CRD Established", || async {
-        crds.get(&name)
-            .await
-            .ok()
-            .and_then(|c| c.status)
-            .and_then(|s| s.conditions)
-            .is_some_and(|cs| {
-                cs.iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True")
-            })
-    })
-    .await;
+    Cluster::shared().wait_crd_established(&name);
 
     let ns = TestNamespace::create(&client, "cp-cel", &[]).await;
     let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(&group, "v1", "Window"));

@@ -24,9 +24,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use apiworkload_bench::{arg, cpu_time, mib, quantile, rss_bytes, target_dir};
-use apiworkload_e2e::{
-    Cluster, PrivateCluster, free_port, http_get_blocking, install_crds, unique_suffix,
-};
+use apiworkload_e2e::{Cluster, PrivateCluster, free_port, http_get, install_crds, unique_suffix};
 use apiworkload_operator::{
     api::ApiWorkload,
     children::Readiness,
@@ -375,8 +373,7 @@ impl Operator {
     }
 
     fn metrics(&self) -> Option<String> {
-        let text = http_get_blocking(([127, 0, 0, 1], self.port).into(), "/metrics")?;
-        Some(text.split("\r\n\r\n").nth(1)?.to_string())
+        Some(http_get(([127, 0, 0, 1], self.port).into(), "/metrics")?.body)
     }
 
     /// Sum of every sample of `name` (all label sets).

@@ -33,7 +33,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use apiworkload_bench::{arg, quantile};
-use apiworkload_e2e::{free_port, http_get_blocking, python_venv, repo_root};
+use apiworkload_e2e::{free_port, http_get, python_venv, repo_root};
 use apiworkload_operator::{api::ApiWorkloadSpec, plan::plan, render::command::server_command};
 use serde_json::json;
 
@@ -53,7 +53,7 @@ impl Server {
             .with_context(|| format!("start {}", bin.display()))?;
         let server = Server(child);
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !http_get_blocking(addr, "/healthz").is_some_and(|r| r.starts_with("HTTP/1.1 200")) {
+        while !http_get(addr, "/healthz").is_some_and(|r| r.ok()) {
             if Instant::now() > deadline {
                 bail!("{argv:?} did not answer /healthz within 60 s");
             }
@@ -146,8 +146,7 @@ fn load(addr: SocketAddr, body: Arc<Vec<u8>>, seconds: u64, pgid: u32) -> Figure
                 let ok = if large {
                     post(addr, "/parse", &body)
                 } else {
-                    http_get_blocking(addr, "/healthz")
-                        .is_some_and(|r| r.starts_with("HTTP/1.1 200"))
+                    http_get(addr, "/healthz").is_some_and(|r| r.ok())
                 };
                 if t > warmup {
                     if ok {

@@ -24,7 +24,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use apiworkload_bench::{arg, quantile, target_dir};
-use apiworkload_e2e::{PythonServer, dnsmasq_command, free_port, free_udp_addr, http_get_blocking};
+use apiworkload_e2e::{PythonServer, dnsmasq_command, free_port, free_udp_addr, http_get};
 
 /// Moves this process (before any thread exists) into a new network namespace with
 /// loopback up. Returns false when not permitted (not root): the figures then share the
@@ -154,8 +154,8 @@ fn main() -> anyhow::Result<()> {
             .context("start the sidecar")?,
     );
     let scrape = || {
-        http_get_blocking(listen, "/metrics")
-            .and_then(|t| t.split("\r\n\r\n").nth(1).map(str::to_string))
+        http_get(listen, "/metrics")
+            .map(|r| r.body)
             .unwrap_or_default()
     };
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -188,8 +188,8 @@ fn main() -> anyhow::Result<()> {
         let mut errors: [Vec<f64>; 2] = [vec![], vec![]];
         for _ in 0..repeats {
             let before = scrape();
-            let blocked = http_get_blocking(app.addr, &format!("/block?seconds={injected}"));
-            if !blocked.is_some_and(|r| r.starts_with("HTTP/1.1 200")) {
+            let blocked = http_get(app.addr, &format!("/block?seconds={injected}"));
+            if !blocked.is_some_and(|r| r.ok()) {
                 bail!("/block did not answer");
             }
             // The canary's next probe and the heartbeat's 1 s accounting.
@@ -264,7 +264,7 @@ fn main() -> anyhow::Result<()> {
             "/outbound?url=http://127.0.0.1:{}/healthz&n={calls}&pooled=false",
             upstream.addr.port()
         );
-        if !http_get_blocking(app.addr, &path).is_some_and(|r| r.starts_with("HTTP/1.1 200")) {
+        if !http_get(app.addr, &path).is_some_and(|r| r.ok()) {
             bail!("/outbound did not answer");
         }
         std::thread::sleep(Duration::from_millis(2500)); // two socket samples

@@ -16,7 +16,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use apiworkload_bench::{arg, cpu_time, mib, quantile, raise_fd_limit, rss_bytes, target_dir};
-use apiworkload_e2e::{PythonServer, free_port, free_udp_addr, http_get_blocking};
+use apiworkload_e2e::{PythonServer, free_port, free_udp_addr, http_get};
 use apiworkload_sidecar::{procnet, sockdiag::SockDiag};
 
 /// Median and p99 of `runs` timings of `poll`, in milliseconds.
@@ -109,9 +109,9 @@ fn main() -> anyhow::Result<()> {
     let mut rss = Vec::new();
     let mut tick = 0u64;
     while start.elapsed() < Duration::from_secs(seconds) {
-        let _ = http_get_blocking(app.addr, "/healthz");
+        let _ = http_get(app.addr, "/healthz");
         if tick.is_multiple_of(75) {
-            let _ = http_get_blocking(sidecar_addr, "/metrics");
+            let _ = http_get(sidecar_addr, "/metrics");
         }
         if tick.is_multiple_of(5) {
             rss.push(rss_bytes(pid).context("sidecar RSS")? as f64);
@@ -121,7 +121,9 @@ fn main() -> anyhow::Result<()> {
     }
     let wall = start.elapsed().as_secs_f64();
     let cpu = cpu_time(pid).context("sidecar CPU")? - cpu_start;
-    let metrics = http_get_blocking(sidecar_addr, "/metrics").unwrap_or_default();
+    let metrics = http_get(sidecar_addr, "/metrics")
+        .map(|r| r.body)
+        .unwrap_or_default();
     let _ = sidecar.kill();
     let _ = sidecar.wait();
 
