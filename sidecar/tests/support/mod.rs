@@ -22,7 +22,21 @@ pub struct Dnsmasq {
 }
 
 impl Dnsmasq {
+    /// Starts it on a free port. dnsmasq binds TCP and UDP on that port, and the port
+    /// was only checked free for UDP: when TCP's is taken (a busy machine's outgoing
+    /// connection), dnsmasq exits at once, and it is started again on another port.
     pub fn start() -> Dnsmasq {
+        let mut exits = Vec::new();
+        for _ in 0..5 {
+            match Dnsmasq::try_start() {
+                Ok(server) => return server,
+                Err(why) => exits.push(why),
+            }
+        }
+        panic!("dnsmasq did not start: {exits:?}");
+    }
+
+    fn try_start() -> Result<Dnsmasq, String> {
         let port = std::net::UdpSocket::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -36,7 +50,7 @@ impl Dnsmasq {
             .spawn()
             .expect("dnsmasq is required (tests/run installs dnsmasq-base)");
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let server = Dnsmasq { child, addr, log };
+        let mut server = Dnsmasq { child, addr, log };
         // Ready when it answers.
         let conf = parse("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n");
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -44,14 +58,18 @@ impl Dnsmasq {
             .build()
             .unwrap();
         for _ in 0..50 {
+            if let Ok(Some(status)) = server.child.try_wait() {
+                let said = std::fs::read_to_string(&server.log).unwrap_or_default();
+                return Err(format!("port {port}: exited {status}: {}", said.trim()));
+            }
             let l = rt.block_on(lookup(&conf, &[addr], "api.example.test", Mode::Fqdn));
             if l.answered_by.is_some() {
                 let _ = std::fs::write(&server.log, "");
-                return server;
+                return Ok(server);
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("dnsmasq did not start on {addr}");
+        Err(format!("port {port}: no answer within 5 s"))
     }
 
     /// Queries dnsmasq logged since it started (or was last reset), e.g. `query[A]`.
@@ -67,5 +85,6 @@ impl Drop for Dnsmasq {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
     }
 }
