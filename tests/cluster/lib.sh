@@ -8,7 +8,7 @@ KWOK_VERSION=$(sed -n 's|^\s*sigs.k8s.io/kwok \(v[^ ]*\).*|\1|p' "$CLUSTER_DIR/t
 HELM_VERSION=$(sed -n 's|^\s*helm.sh/helm/v3 \(v[^ ]*\).*|\1|p' "$CLUSTER_DIR/tools/helm/go.mod")
 APIW_CACHE=${APIW_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/apiworkload}
 # Built binaries are keyed by every input of the build: module files, mains, build script.
-BIN_KEY=$(cd "$CLUSTER_DIR" && cat k8s-version go.mod go.sum cmd/*/main.go tools/*/go.mod tools/*/go.sum build | sha256sum | cut -c1-16)
+BIN_KEY=$(cd "$CLUSTER_DIR" && cat k8s-version go.mod go.sum cmd/*/main.go tools/{helm,kwok}/go.mod tools/{helm,kwok}/go.sum build | sha256sum | cut -c1-16)
 BIN_DIR="$APIW_CACHE/cluster-bin/$BIN_KEY"
 # One running cluster per machine user; `up` is idempotent against it.
 STATE_DIR=${APIW_CLUSTER_DIR:-$APIW_CACHE/cluster}

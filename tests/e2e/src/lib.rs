@@ -216,6 +216,102 @@ impl Cluster {
     }
 }
 
+/// The cluster's real node (`tests/cluster/node`): kubelet, containerd and kube-proxy in a
+/// network namespace of their own, running real containers. Pods land on it only with
+/// [`RealNode::POD_PLACEMENT`].
+#[derive(Debug)]
+pub struct RealNode {
+    state_dir: Option<PathBuf>,
+}
+
+impl RealNode {
+    pub const NAME: &'static str = "real-node-0";
+
+    /// The node selector and toleration that place a pod on the real node (it is tainted,
+    /// so kwok-only tests never land there).
+    pub const POD_PLACEMENT: &'static str = r#"{"nodeSelector": {"kubernetes.io/hostname": "real-node-0"},
+        "tolerations": [{"key": "apiworkload.io/real-node", "operator": "Exists", "effect": "NoSchedule"}]}"#;
+
+    /// Starts it on `cluster` once (idempotent, serialised across test binaries by the
+    /// script); fails loudly when it cannot.
+    pub fn up(cluster: &Cluster) -> RealNode {
+        let node = RealNode {
+            state_dir: cluster.state_dir.clone(),
+        };
+        let out = node
+            .script(&["up"])
+            .output()
+            .expect("run tests/cluster/node up");
+        assert!(
+            out.status.success(),
+            "tests/cluster/node up failed ({}); a test that needs real pods cannot pass without it:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        node
+    }
+
+    /// `tests/cluster/node down`: removes everything `up` created.
+    pub fn down(&self) {
+        let out = self
+            .script(&["down"])
+            .output()
+            .expect("run tests/cluster/node down");
+        assert!(
+            out.status.success(),
+            "tests/cluster/node down failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn script(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(repo_root().join("tests/cluster/node"));
+        if let Some(dir) = &self.state_dir {
+            cmd.env("APIW_CLUSTER_DIR", dir);
+        }
+        cmd.args(args);
+        cmd
+    }
+
+    /// Runs `argv` inside the node's network namespace (where pod and Service addresses
+    /// are reachable, and nothing else): (success, stdout, stderr).
+    pub fn exec(&self, argv: &[&str]) -> (bool, String, String) {
+        let out = self
+            .script(&["exec"])
+            .args(argv)
+            .output()
+            .expect("run tests/cluster/node exec");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// GET `url` from inside the node's network namespace: (status, body).
+    pub fn http_get(&self, url: &str) -> Option<HttpResponse> {
+        let (ok, out, _) = self.exec(&[
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+            "-o",
+            "/dev/stdout",
+            "-w",
+            "\n%{http_code}",
+            url,
+        ]);
+        if !ok {
+            return None;
+        }
+        let (body, status) = out.rsplit_once('\n')?;
+        Some(HttpResponse {
+            status: status.trim().parse().ok()?,
+            body: body.to_string(),
+        })
+    }
+}
+
 /// A namespace that exists for one test; its deletion is requested on drop.
 #[derive(Debug)]
 pub struct TestNamespace {
