@@ -2,13 +2,11 @@
 //! and leader election between two replicas. Its own test binary (its own operators).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use apiworkload_e2e::operator::*;
 use apiworkload_e2e::process::Operator;
 use apiworkload_e2e::{Cluster, TestNamespace, install_crds, poll_until, wait_until};
-use support::*;
 
 #[tokio::test]
 async fn binary_serves_admin_endpoints_reconciles_and_stops_on_sigterm() {

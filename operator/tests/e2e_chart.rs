@@ -4,10 +4,9 @@
 //! admin) through the scenario of the operator's e2e tests, then `helm uninstall`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
-
 use std::{path::PathBuf, process::Command, time::Duration};
 
+use apiworkload_e2e::operator::*;
 use apiworkload_e2e::process::Operator;
 use apiworkload_e2e::{Cluster, TestNamespace, poll_until, repo_root, unique_suffix};
 use apiworkload_operator::api::ApiWorkload;
@@ -22,7 +21,6 @@ use kube::{
     api::{DeleteParams, Patch, PatchParams},
 };
 use serde_json::{Value, json};
-use support::*;
 
 fn chart() -> PathBuf {
     repo_root().join("charts/apiworkload-operator")

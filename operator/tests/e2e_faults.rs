@@ -7,18 +7,14 @@
 //!   the same process lists again and keeps reconciling.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "support/faults.rs"]
-mod faults;
-mod support;
-
 use std::time::{Duration, Instant};
 
+use apiworkload_e2e::operator::faults::*;
+use apiworkload_e2e::operator::*;
 use apiworkload_e2e::process::Operator;
 use apiworkload_e2e::{PrivateCluster, TestNamespace, install_crds, wait_until};
-use faults::*;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::{Api, api::ListParams};
-use support::*;
 
 /// One fault at a time: each runs a control plane and 200 workloads on 2 cores.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

@@ -3,17 +3,15 @@
 //! plays KEDA: the operator only needs the API to be served. Its own test binary.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
-
 use std::time::Duration;
 
+use apiworkload_e2e::operator::*;
 use apiworkload_e2e::{Cluster, TestNamespace, poll_until, wait_until};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use kube::{
     Api,
     api::{ApiResource, DynamicObject, GroupVersionKind},
 };
-use support::*;
 
 const KEDA_CRD: &str = r#"
 apiVersion: apiextensions.k8s.io/v1

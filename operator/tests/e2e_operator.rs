@@ -2,10 +2,9 @@
 //! garbage collection, Pod Security, and reconciler-side rejections.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
-
 use std::time::Duration;
 
+use apiworkload_e2e::operator::*;
 use apiworkload_e2e::{Cluster, TestNamespace, install_crds, repo_root, wait_until};
 use apiworkload_operator::api::ApiWorkload;
 use k8s_openapi::api::{
@@ -18,7 +17,6 @@ use kube::{
     api::{DeleteParams, ListParams, Patch, PatchParams},
 };
 use serde_json::json;
-use support::*;
 
 /// The spec files of `tests/e2e/<dir>`, in name order.
 fn spec_files(dir: &str) -> Vec<std::path::PathBuf> {

@@ -3,22 +3,18 @@
 //! (its own operators).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-#[path = "support/faults.rs"]
-mod faults;
-mod support;
-
 use std::time::Duration;
 
+use apiworkload_e2e::operator::faults::*;
+use apiworkload_e2e::operator::*;
 use apiworkload_e2e::process::Operator;
 use apiworkload_e2e::{Cluster, TestNamespace, install_crds, wait_until};
 use apiworkload_operator::api::ApiWorkload;
-use faults::*;
 use k8s_openapi::api::{apps::v1::Deployment, policy::v1::PodDisruptionBudget};
 use kube::{
     Api,
     api::{ListParams, ObjectList},
 };
-use support::*;
 
 const WORKLOADS: usize = 200;
 

@@ -2,10 +2,9 @@
 //! operator's write counters see only this workload.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
-
 use std::time::Duration;
 
+use apiworkload_e2e::operator::*;
 use apiworkload_e2e::{Cluster, TestNamespace, wait_until};
 use apiworkload_operator::api::ApiWorkload;
 use kube::{
@@ -13,7 +12,6 @@ use kube::{
     api::{Patch, PatchParams},
 };
 use serde_json::json;
-use support::*;
 
 #[tokio::test]
 async fn resync_of_an_unchanged_workload_performs_zero_writes() {

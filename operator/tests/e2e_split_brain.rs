@@ -5,16 +5,14 @@
 //! by the old leader shows in the Deployments, and other tests' workloads stay out of it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use apiworkload_e2e::operator::*;
 use apiworkload_e2e::process::Operator;
 use apiworkload_e2e::{PrivateCluster, TestNamespace, install_crds, poll_until, wait_until};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::{Api, api::ListParams};
 use serde_json::json;
-use support::*;
 
 const WORKLOADS: usize = 20;
 

@@ -9,15 +9,13 @@
 //! from that release would hold it.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod support;
-
 use std::time::Duration;
 
+use apiworkload_e2e::operator::*;
 use apiworkload_e2e::process::Operator;
 use apiworkload_e2e::{PrivateCluster, TestNamespace, poll_until};
 use apiworkload_operator::api::rules::crd;
 use serde_json::{Value, json};
-use support::*;
 
 /// The duration pattern of the earlier release: any number of digits.
 const EARLIER_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$";

@@ -10,15 +10,13 @@ use std::{
     time::Duration,
 };
 
-#[path = "../../operator/tests/support/mod.rs"]
-mod operator_support;
 mod support;
 
+use apiworkload_e2e::operator::{create_workload, fixed_spec, start_operator, wait_status};
 use apiworkload_e2e::process::Sidecar;
 use apiworkload_e2e::{
     Cluster, PythonServer, TestNamespace, free_port, http_get, poll_until, repo_root,
 };
-use operator_support::{create_workload, fixed_spec, start_operator, wait_status};
 use serde_json::Value;
 use support::Dnsmasq;
 

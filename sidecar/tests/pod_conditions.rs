@@ -13,10 +13,11 @@ use std::{
     time::Duration,
 };
 
-#[path = "../../operator/tests/support/mod.rs"]
-mod operator_support;
 mod support;
 
+use apiworkload_e2e::operator::{
+    condition, create_workload, fixed_spec, shared_operator, wait_status,
+};
 use apiworkload_e2e::process::Sidecar;
 use apiworkload_e2e::{Cluster, PythonServer, TestNamespace, http_get, poll_until, repo_root};
 use k8s_openapi::api::core::v1::{Pod, PodCondition, Secret};
@@ -25,7 +26,6 @@ use kube::{
     api::{ListParams, Patch, PatchParams},
     config::{KubeConfigOptions, Kubeconfig},
 };
-use operator_support::{condition, create_workload, fixed_spec, shared_operator, wait_status};
 use serde_json::json;
 
 /// The chart's sidecar ClusterRole and admission policy, as `helm template` renders them.

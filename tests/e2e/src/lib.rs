@@ -6,6 +6,7 @@
 //! these tests never skip.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a harness failure must fail the test loudly
 
+pub mod operator;
 pub mod process;
 
 use std::{

@@ -1,7 +1,5 @@
 //! Checks shared by the fault tests: what "converged with no duplicate, missing or
-//! orphaned child" means, object by object. Included by path (`mod faults;`) next to
-//! `mod support;`.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! orphaned child" means, object by object.
 
 use apiworkload_operator::api::ApiWorkload;
 use futures::{StreamExt, stream};
@@ -13,7 +11,7 @@ use k8s_openapi::api::{
 use kube::{Api, Client, Resource, ResourceExt, api::ListParams};
 use serde::de::DeserializeOwned;
 
-use crate::support::{condition, create_workload};
+use super::{condition, create_workload};
 
 pub const LABEL: &str = "apiworkload.io/workload";
 
@@ -64,7 +62,7 @@ pub async fn all_ready(api: &Api<ApiWorkload>, count: usize) -> bool {
 pub async fn wait_all_ready(client: &Client, ns: &str, count: usize) -> std::time::Duration {
     let api: Api<ApiWorkload> = Api::namespaced(client.clone(), ns);
     let t = std::time::Instant::now();
-    apiworkload_e2e::wait_until(
+    crate::wait_until(
         std::time::Duration::from_secs(300),
         "every workload Ready and current",
         || all_ready(&api, count),

@@ -1,13 +1,15 @@
-//! Shared pieces of the operator's end-to-end tests: the controller runs in-process on a
-//! background runtime (it dies with the test binary, and its metrics are readable).
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! Shared pieces of the operator's end-to-end tests (the operator's own and the
+//! sidecar's roll-up tests): the controller runs in-process on a background runtime (it
+//! dies with the test binary, and its metrics are readable).
+
+pub mod faults;
 
 use std::{
     sync::{Arc, OnceLock},
     time::Duration,
 };
 
-use apiworkload_e2e::{Cluster, TestNamespace, install_crds, poll_until, repo_root};
+use crate::{Cluster, TestNamespace, install_crds, poll_until, repo_root};
 use apiworkload_operator::{
     api::ApiWorkload,
     controller::{self, Context},
@@ -180,7 +182,7 @@ pub fn flag(command: &[String], name: &str) -> Option<String> {
 pub async fn wait_warning_event(client: &Client, ns: &str, reason: &str, regarding: &str) {
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), ns);
     let what = format!("a {reason} Warning Event about {regarding}");
-    apiworkload_e2e::wait_until(Duration::from_secs(30), &what, || async {
+    crate::wait_until(Duration::from_secs(30), &what, || async {
         events
             .list(&kube::api::ListParams::default())
             .await
