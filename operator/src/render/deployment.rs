@@ -293,6 +293,12 @@ pub fn deployment(
         }),
         security_context: Some(PodSecurityContext {
             run_as_non_root: Some(true),
+            // The kubelet writes projected files as root (the app and the sidecar run as
+            // two UIDs, so it picks no file owner) and makes them readable only to the
+            // pod's fsGroup: without it the sidecar cannot read its token and never
+            // writes a pod condition (seen on a real node: "failed to read the default
+            // namespace: Permission denied").
+            fs_group: diagnostics.then_some(SIDECAR_UID),
             seccomp_profile: Some(SeccompProfile {
                 type_: "RuntimeDefault".into(),
                 localhost_profile: None,
@@ -449,6 +455,38 @@ mod tests {
                 .as_ref()
                 .unwrap()
                 .contains_key("cpu")
+        );
+    }
+
+    /// The kubelet's rule for projected volumes (pkg/volume/projected): with containers
+    /// of different UIDs no file owner is set, so files are root's, mode `defaultMode`
+    /// (the token 0600), and only an fsGroup makes them group-readable (0640).
+    #[test]
+    fn the_sidecar_can_read_its_projected_token() {
+        let p = pod(&default_rendered());
+        let sidecar = &p.init_containers.as_ref().unwrap()[0];
+        let group = sidecar.security_context.as_ref().unwrap().run_as_group;
+        assert_eq!(
+            p.security_context.as_ref().unwrap().fs_group,
+            group,
+            "the sidecar's group owns the projected files"
+        );
+        let volume = p
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == identity::TOKEN_VOLUME)
+            .unwrap();
+        let mode = volume.projected.as_ref().unwrap().default_mode.unwrap();
+        assert_eq!(mode & 0o040, 0o040, "group-readable: {mode:o}");
+        assert_eq!(mode & 0o007, 0, "not world-readable: {mode:o}");
+        let app = &p.containers[0];
+        assert!(
+            app.volume_mounts
+                .iter()
+                .flatten()
+                .all(|m| m.name != identity::TOKEN_VOLUME),
+            "the app, in the same fsGroup, does not mount the token"
         );
     }
 
