@@ -252,6 +252,107 @@ impl RealNode {
         node
     }
 
+    /// A namespace whose every pod lands on the real node, under Pod Security
+    /// "restricted": its annotations are read by the API server's PodNodeSelector and
+    /// PodTolerationRestriction admission plugins, so the workloads a test applies stay
+    /// exactly as a user writes them.
+    pub async fn namespace(&self, cluster: &Cluster, prefix: &str) -> TestNamespace {
+        let tolerations = r#"[{"key": "apiworkload.io/real-node", "operator": "Exists", "effect": "NoSchedule"}]"#;
+        TestNamespace::create_on(
+            cluster,
+            &cluster.client().await,
+            prefix,
+            &[("pod-security.kubernetes.io/enforce", "restricted")],
+            &[
+                (
+                    "scheduler.alpha.kubernetes.io/node-selector",
+                    "kubernetes.io/hostname=real-node-0",
+                ),
+                (
+                    "scheduler.alpha.kubernetes.io/defaultTolerations",
+                    tolerations,
+                ),
+            ],
+        )
+        .await
+    }
+
+    /// The processes of a running container (`containerd://<id>` from its pod's status),
+    /// found by their cgroup: what really runs, whatever the pod spec says.
+    pub fn container_processes(container_id: &str) -> Vec<Process> {
+        let id = container_id.rsplit("://").next().unwrap_or(container_id);
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let dir = entry.path();
+            let in_container = std::fs::read_to_string(dir.join("cgroup"))
+                .is_ok_and(|cgroups| cgroups.lines().any(|l| l.ends_with(id)));
+            if !in_container {
+                continue;
+            }
+            let argv = std::fs::read(dir.join("cmdline")).unwrap_or_default();
+            let ppid = std::fs::read_to_string(dir.join("stat"))
+                .ok()
+                .and_then(|stat| {
+                    // After the command name in parentheses: state, then the parent.
+                    let rest = stat.rsplit_once(')')?.1;
+                    rest.split_whitespace().nth(1)?.parse().ok()
+                })
+                .unwrap_or(0);
+            found.push(Process {
+                pid,
+                ppid,
+                argv: argv
+                    .split(|b| *b == 0)
+                    .filter(|a| !a.is_empty())
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect(),
+            });
+        }
+        found.sort_by_key(|p| p.pid);
+        found
+    }
+
+    /// What a container wrote to stdout and stderr, read from the kubelet's log files
+    /// (`kubectl logs` cannot reach a kubelet inside the node's network namespace).
+    pub fn container_log(
+        &self,
+        cluster: &Cluster,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+    ) -> String {
+        let logs = cluster
+            .kubeconfig
+            .parent()
+            .expect("the state dir")
+            .join("node/pod-logs");
+        let prefix = format!("{namespace}_{pod}_");
+        let mut out = String::new();
+        for dir in std::fs::read_dir(&logs).into_iter().flatten().flatten() {
+            if !dir.file_name().to_string_lossy().starts_with(&prefix) {
+                continue;
+            }
+            let mut files: Vec<_> = std::fs::read_dir(dir.path().join(container))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|f| f.path())
+                .collect();
+            files.sort();
+            for f in files {
+                out.push_str(&std::fs::read_to_string(&f).unwrap_or_default());
+            }
+        }
+        out
+    }
+
     /// `tests/cluster/node down`: removes everything `up` created.
     pub fn down(&self) {
         let out = self
@@ -313,21 +414,44 @@ impl RealNode {
     }
 }
 
+/// A process on this host (see [`RealNode::container_processes`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Process {
+    pub pid: u32,
+    pub ppid: u32,
+    pub argv: Vec<String>,
+}
+
 /// A namespace that exists for one test; its deletion is requested on drop.
 #[derive(Debug)]
 pub struct TestNamespace {
     pub name: String,
+    cluster: Cluster,
 }
 
 impl TestNamespace {
-    /// Creates `<prefix>-<unique>` with the given labels.
+    /// Creates `<prefix>-<unique>` with the given labels on the shared cluster.
     pub async fn create(client: &Client, prefix: &str, labels: &[(&str, &str)]) -> TestNamespace {
+        TestNamespace::create_on(Cluster::shared(), client, prefix, labels, &[]).await
+    }
+
+    /// Creates `<prefix>-<unique>` with the given labels and annotations on `cluster`.
+    pub async fn create_on(
+        cluster: &Cluster,
+        client: &Client,
+        prefix: &str,
+        labels: &[(&str, &str)],
+        annotations: &[(&str, &str)],
+    ) -> TestNamespace {
         let name = format!("{prefix}-{}", unique_suffix());
+        let map = |pairs: &[(&str, &str)]| -> serde_json::Map<String, serde_json::Value> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
+                .collect()
+        };
         let ns: Namespace = serde_json::from_value(serde_json::json!({
-            "metadata": {
-                "name": name,
-                "labels": labels.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
-            }
+            "metadata": {"name": name, "labels": map(labels), "annotations": map(annotations)}
         }))
         .expect("namespace");
         Api::<Namespace>::all(client.clone())
@@ -343,7 +467,10 @@ impl TestNamespace {
             || async { sa.get_opt("default").await.ok().flatten().is_some() },
         )
         .await;
-        TestNamespace { name }
+        TestNamespace {
+            name,
+            cluster: cluster.clone(),
+        }
     }
 }
 
@@ -351,7 +478,9 @@ impl Drop for TestNamespace {
     /// Synchronous (kubectl), because a task spawned here would die with the test's
     /// runtime; `--wait=false` leaves the garbage collection to the cluster.
     fn drop(&mut self) {
-        let _ = Cluster::shared().kubectl(&["delete", "namespace", &self.name, "--wait=false"]);
+        let _ = self
+            .cluster
+            .kubectl(&["delete", "namespace", &self.name, "--wait=false"]);
     }
 }
 
@@ -430,6 +559,7 @@ impl Drop for PrivateCluster {
                 .output();
             let _ = std::fs::remove_dir_all(dir);
             let _ = std::fs::remove_file(format!("{}.lock", dir.display()));
+            let _ = std::fs::remove_file(format!("{}.node.lock", dir.display()));
         }
     }
 }

@@ -1,0 +1,393 @@
+//! The whole chain on real pods, as a user runs it: `helm install` with the images
+//! `tests/images/build` made puts the operator on the real node (`tests/cluster/node`),
+//! Ready by its own probes and talking to the API through the `kubernetes` Service with
+//! the chart's ServiceAccount; the README example then runs as real containers (the test
+//! app image): the server runs the command the operator rendered with the worker count
+//! it derived, the sidecar runs as a native sidecar and writes `apiworkload.io/*` pod
+//! conditions with its projected token, and the ApiWorkload rolls them up. Every server
+//! kind boots and every upstream kind's sidecar starts.
+//!
+//! One private cluster for the file (the operator installed by helm would otherwise
+//! reconcile the workloads of every other test on the shared one); the scenarios run
+//! concurrently on it, each in its own namespace.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failed step fails the test
+
+use std::time::{Duration, Instant};
+
+use apiworkload_e2e::operator::condition;
+use apiworkload_e2e::{Cluster, PrivateCluster, RealNode, TestNamespace, poll_until, repo_root};
+use apiworkload_operator::{
+    api::ApiWorkload,
+    render::{APP_CONTAINER, SIDECAR_CONTAINER, WORKLOAD_LABEL},
+};
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
+use kube::{Api, api::ListParams};
+use serde_json::{Value, json};
+
+const APP_IMAGE: &str = "localhost/apiworkload/testapp:1";
+const RELEASE_NAMESPACE: &str = "apiworkload-system";
+
+/// Real containers start in seconds, but a node with two cores boots many Python
+/// workers at once here.
+const READY_WITHIN: Duration = Duration::from_secs(240);
+
+#[tokio::test]
+async fn the_chart_and_the_readme_example_run_on_real_pods() {
+    let started = Instant::now();
+    let cluster = PrivateCluster::up("real-pods");
+    let node = RealNode::up(&cluster);
+    eprintln!("cluster and real node up in {:?}", started.elapsed());
+
+    let t = Instant::now();
+    helm_install(&cluster);
+    operator_runs_on_the_real_node(&cluster).await;
+    eprintln!("helm install: operator Ready in {:?}", t.elapsed());
+
+    tokio::join!(
+        readme_example(&cluster, &node),
+        every_server_kind_boots(&cluster, &node),
+    );
+    eprintln!("real-pod scenarios done in {:?}", started.elapsed());
+}
+
+/// `helm install` from the repository's chart, as the README says, with values that
+/// place the operator on the real node and never pull (the images are imported).
+fn helm_install(cluster: &Cluster) {
+    let chart = repo_root().join("charts/apiworkload-operator");
+    let values = repo_root().join("tests/cluster/real-node-values.yaml");
+    let out = cluster
+        .command("helm")
+        .args(["install", "apiworkload"])
+        .arg(&chart)
+        .args(["--namespace", RELEASE_NAMESPACE, "--create-namespace", "-f"])
+        .arg(&values)
+        .args(["--wait", "--timeout", "180s"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "helm install failed (the operator pod never became Ready?):\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The operator's pod: on the real node, its container started from the image and never
+/// restarted (its liveness probe is satisfied), Ready by its readiness probe.
+async fn operator_runs_on_the_real_node(cluster: &Cluster) {
+    let pods: Api<Pod> = Api::namespaced(cluster.client().await, RELEASE_NAMESPACE);
+    let list = pods.list(&ListParams::default()).await.unwrap().items;
+    assert_eq!(list.len(), 1, "one operator pod");
+    let pod = &list[0];
+    assert_eq!(pod_node(pod), RealNode::NAME);
+    assert!(pod_ready(pod), "{:?}", pod.status);
+    let status = container_status(pod, "operator");
+    assert_eq!(
+        status.image, "ghcr.io/apiworkload/apiworkload-operator:0.1.0",
+        "the chart's default image"
+    );
+    assert_eq!(status.restart_count, 0, "{status:?}");
+}
+
+/// The README's example with the test app's image (the only edit besides requests that
+/// fit a two-core node): two real pods serve, the server runs the rendered command with
+/// the derived worker count, and every pod's sidecar reports.
+async fn readme_example(cluster: &Cluster, node: &RealNode) {
+    let ns = node.namespace(cluster, "readme").await;
+    let client = cluster.client().await;
+    let mut example: Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(repo_root().join("examples/search-api.yaml")).unwrap(),
+    )
+    .unwrap();
+    example["metadata"]["namespace"] = json!(ns.name);
+    example["spec"]["image"] = json!(APP_IMAGE);
+    example["spec"]["app"] = json!("app:app");
+    example["spec"]["resources"]["requests"] = json!({"cpu": "100m", "memory": "128Mi"});
+    let (ok, out, err) = cluster.apply(&example);
+    assert!(ok, "{out}{err}");
+
+    let t = Instant::now();
+    let aw = wait_ready(cluster, &ns, "search-api").await;
+    eprintln!("README example Ready on real pods in {:?}", t.elapsed());
+    let status = aw.status.clone().unwrap();
+    assert_eq!(status.replicas.as_ref().unwrap().ready, 2);
+    let workers = status.workers.as_ref().unwrap().count;
+
+    let deployment = Api::<Deployment>::namespaced(client.clone(), &ns.name)
+        .get("search-api")
+        .await
+        .unwrap();
+    let template = deployment.spec.unwrap().template.spec.unwrap();
+    let app = &template.containers[0];
+    let rendered: Vec<String> = app
+        .command
+        .iter()
+        .flatten()
+        .chain(app.args.iter().flatten())
+        .cloned()
+        .collect();
+    let pods = workload_pods(cluster, &ns, "search-api").await;
+    assert_eq!(pods.len(), 2);
+    for pod in &pods {
+        let name = pod.metadata.name.clone().unwrap();
+        assert_eq!(pod_node(pod), RealNode::NAME);
+        // A native sidecar: an init container that keeps running beside the app.
+        let sidecar = container_status(pod, SIDECAR_CONTAINER);
+        assert!(sidecar.started == Some(true), "{name}: {sidecar:?}");
+        for c in [sidecar, container_status(pod, &app.name)] {
+            assert_eq!(c.restart_count, 0, "{name}: {c:?}");
+        }
+
+        // What runs: one server process with the rendered argv, and its workers.
+        let id = container_status(pod, &app.name)
+            .container_id
+            .clone()
+            .unwrap();
+        let processes = poll_until(Duration::from_secs(30), "every worker started", || async {
+            let p = RealNode::container_processes(&id);
+            (p.len() == workers as usize + 1).then_some(p)
+        })
+        .await;
+        let pids: Vec<u32> = processes.iter().map(|p| p.pid).collect();
+        let masters: Vec<_> = processes
+            .iter()
+            .filter(|p| !pids.contains(&p.ppid))
+            .collect();
+        assert_eq!(masters.len(), 1, "one supervisor: {processes:?}");
+        assert_eq!(
+            strip_interpreter(&masters[0].argv),
+            rendered,
+            "{name} runs the rendered command"
+        );
+    }
+    // Each sidecar writes its conditions on its own pod, with its own token, after its
+    // first window of measurements.
+    let pods_api: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    for pod in &pods {
+        let name = pod.metadata.name.clone().unwrap();
+        let types = ["EventLoopResponsive", "DNSHealthy", "ConnectionsReused"]
+            .map(|t| format!("apiworkload.io/{t}"));
+        let t = Instant::now();
+        let mut reported = None;
+        while reported.is_none() && t.elapsed() < READY_WITHIN {
+            let now = pods_api.get(&name).await.unwrap();
+            reported = types
+                .iter()
+                .all(|type_| pod_condition(&now, type_).is_some())
+                .then_some(now);
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        assert!(
+            reported.is_some(),
+            "{name} has not all of {types:?} after {READY_WITHIN:?}\nsidecar log:\n{}",
+            node.container_log(cluster, &ns.name, &name, SIDECAR_CONTAINER)
+        );
+        eprintln!("{name}: sidecar conditions written after {:?}", t.elapsed());
+    }
+    // The roll-up of those pod conditions into the ApiWorkload.
+    let aw = wait_status(
+        cluster,
+        &ns,
+        "search-api",
+        "EventLoopResponsive rolled up",
+        |aw| condition(aw, "EventLoopResponsive").is_some_and(|c| c.status == "True"),
+    )
+    .await;
+    let rolled = condition(&aw, "EventLoopResponsive").unwrap();
+    assert_eq!(rolled.message, "2/2 pods report EventLoopResponsive=True");
+
+    // Traffic through the Service, from inside the cluster's network.
+    let url = format!(
+        "http://{}/healthz",
+        service_address(cluster, &ns, "search-api").await
+    );
+    let via_service = node.http_get(&url);
+    assert!(
+        via_service.as_ref().is_some_and(|r| r.ok()),
+        "GET {url}: {via_service:?}"
+    );
+}
+
+/// Each server kind, each behind another upstream kind: every workload becomes Ready on
+/// a real pod (the server started with the rendered flags) and its sidecar starts with
+/// the flags rendered for that upstream.
+async fn every_server_kind_boots(cluster: &Cluster, node: &RealNode) {
+    let ns = node.namespace(cluster, "servers").await;
+    let kinds = [
+        ("gunicorn-uvicorn", "app:app", json!({"kind": "none"})),
+        ("uvicorn", "app:app", json!({"kind": "aws-nlb"})),
+        ("gunicorn-sync", "wsgi:app", json!({"kind": "gcp-lb"})),
+        ("gunicorn-gthread", "wsgi:app", json!({"kind": "azure-lb"})),
+        ("granian", "app:app", json!({"kind": "ingress-nginx"})),
+        ("hypercorn", "app:app", json!({"kind": "envoy"})),
+        (
+            "gunicorn-uvicorn",
+            "app:app",
+            json!({"kind": "custom", "idleTimeout": "90s", "pooling": true}),
+        ),
+    ];
+    for (i, (server, app, upstream)) in kinds.iter().enumerate() {
+        let doc = json!({
+            "apiVersion": "apiworkload.io/v1alpha1", "kind": "ApiWorkload",
+            "metadata": {"name": format!("{server}-{i}"), "namespace": ns.name},
+            "spec": {
+                "image": APP_IMAGE, "app": app, "server": server, "upstream": upstream,
+                "resources": {"requests": {"cpu": "50m", "memory": "96Mi"},
+                              "limits": {"cpu": "1", "memory": "512Mi"}},
+                "scaling": {"minReplicas": 1, "maxReplicas": 1},
+                // Short drains: the namespace goes away with the cluster.
+                "timeouts": {"drain": "1s", "gracefulShutdown": "2s"},
+            }
+        });
+        let (ok, out, err) = cluster.apply(&doc);
+        assert!(ok, "{server}: {out}{err}");
+    }
+    let t = Instant::now();
+    for (i, (server, _, upstream)) in kinds.iter().enumerate() {
+        let name = format!("{server}-{i}");
+        // Not poll_until: on a timeout the failure must carry the containers' logs.
+        let mut ready = false;
+        while !ready && t.elapsed() < READY_WITHIN {
+            ready = get_workload(cluster, &ns, &name)
+                .await
+                .is_some_and(|aw| condition(&aw, "Ready").is_some_and(|c| c.status == "True"));
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let pods = workload_pods(cluster, &ns, &name).await;
+        let logs: String = pods
+            .iter()
+            .map(|p| {
+                let pod = p.metadata.name.clone().unwrap();
+                format!(
+                    "--- {pod} app:\n{}\n--- {pod} sidecar:\n{}",
+                    node.container_log(cluster, &ns.name, &pod, APP_CONTAINER),
+                    node.container_log(cluster, &ns.name, &pod, SIDECAR_CONTAINER)
+                )
+            })
+            .collect();
+        assert!(
+            ready,
+            "{name} (upstream {upstream}) not Ready after {READY_WITHIN:?}:\n{logs}"
+        );
+        let pod = &pods[0];
+        for c in [SIDECAR_CONTAINER, APP_CONTAINER] {
+            let s = container_status(pod, c);
+            assert!(
+                s.started == Some(true) && s.restart_count == 0,
+                "{name} {c}: {s:?}\n{logs}"
+            );
+        }
+        eprintln!("{name} Ready after {:?}", t.elapsed());
+    }
+}
+
+async fn get_workload(cluster: &Cluster, ns: &TestNamespace, name: &str) -> Option<ApiWorkload> {
+    Api::<ApiWorkload>::namespaced(cluster.client().await, &ns.name)
+        .get_opt(name)
+        .await
+        .ok()
+        .flatten()
+}
+
+async fn wait_status(
+    cluster: &Cluster,
+    ns: &TestNamespace,
+    name: &str,
+    what: &str,
+    check: impl Fn(&ApiWorkload) -> bool,
+) -> ApiWorkload {
+    poll_until(READY_WITHIN, what, || async {
+        get_workload(cluster, ns, name).await.filter(|aw| check(aw))
+    })
+    .await
+}
+
+async fn wait_ready(cluster: &Cluster, ns: &TestNamespace, name: &str) -> ApiWorkload {
+    wait_status(cluster, ns, name, &format!("{name} Ready"), |aw| {
+        condition(aw, "Ready").is_some_and(|c| c.status == "True")
+    })
+    .await
+}
+
+async fn workload_pods(cluster: &Cluster, ns: &TestNamespace, name: &str) -> Vec<Pod> {
+    Api::<Pod>::namespaced(cluster.client().await, &ns.name)
+        .list(&ListParams::default().labels(&format!("{WORKLOAD_LABEL}={name}")))
+        .await
+        .unwrap()
+        .items
+}
+
+/// `<ClusterIP>:<port>` of the Service's `http` port.
+async fn service_address(cluster: &Cluster, ns: &TestNamespace, name: &str) -> String {
+    let spec =
+        Api::<k8s_openapi::api::core::v1::Service>::namespaced(cluster.client().await, &ns.name)
+            .get(name)
+            .await
+            .unwrap()
+            .spec
+            .unwrap();
+    let port = spec
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.name.as_deref() == Some("http"))
+        .unwrap()
+        .port;
+    format!("{}:{port}", spec.cluster_ip.unwrap())
+}
+
+fn pod_node(pod: &Pod) -> &str {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .unwrap_or("")
+}
+
+fn pod_condition<'a>(
+    pod: &'a Pod,
+    type_: &str,
+) -> Option<&'a k8s_openapi::api::core::v1::PodCondition> {
+    pod.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == type_)
+}
+
+fn pod_ready(pod: &Pod) -> bool {
+    pod_condition(pod, "Ready").is_some_and(|c| c.status == "True")
+}
+
+/// A container's status, app or (native sidecar) init container.
+fn container_status<'a>(
+    pod: &'a Pod,
+    name: &str,
+) -> &'a k8s_openapi::api::core::v1::ContainerStatus {
+    let status = pod.status.as_ref().unwrap();
+    status
+        .container_statuses
+        .iter()
+        .flatten()
+        .chain(status.init_container_statuses.iter().flatten())
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no status for container {name}: {status:?}"))
+}
+
+/// A Python entry point's argv as the kernel has it (`/opt/venv/bin/python
+/// /opt/venv/bin/gunicorn …`) → as the pod spec wrote it (`gunicorn …`).
+fn strip_interpreter(argv: &[String]) -> Vec<String> {
+    let mut argv = argv.to_vec();
+    if argv.len() > 1
+        && argv[0]
+            .rsplit('/')
+            .next()
+            .is_some_and(|b| b.starts_with("python"))
+    {
+        argv.remove(0);
+    }
+    if let Some(first) = argv.first_mut() {
+        *first = first.rsplit('/').next().unwrap_or(first).to_string();
+    }
+    argv
+}
