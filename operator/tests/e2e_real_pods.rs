@@ -5,7 +5,9 @@
 //! app image): the server runs the command the operator rendered with the worker count
 //! it derived, the sidecar runs as a native sidecar and writes `apiworkload.io/*` pod
 //! conditions with its projected token, and the ApiWorkload rolls them up. Every server
-//! kind boots and every upstream kind's sidecar starts.
+//! kind boots and every upstream kind's sidecar starts. A blocking handler is diagnosed
+//! from inside the pod (`LoopStalled`) and recovers; an edit of the CPU limit rolls out
+//! pods that really run the new worker count.
 //!
 //! One private cluster for the file (the operator installed by helm would otherwise
 //! reconcile the workloads of every other test on the shared one); the scenarios run
@@ -31,7 +33,8 @@ const RELEASE_NAMESPACE: &str = "apiworkload-system";
 /// workers at once here.
 const READY_WITHIN: Duration = Duration::from_secs(240);
 
-#[tokio::test]
+// Several threads: the scenarios wait on processes and files as well as on the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_chart_and_the_readme_example_run_on_real_pods() {
     let started = Instant::now();
     let cluster = PrivateCluster::up("real-pods");
@@ -46,6 +49,8 @@ async fn the_chart_and_the_readme_example_run_on_real_pods() {
     tokio::join!(
         readme_example(&cluster, &node),
         every_server_kind_boots(&cluster, &node),
+        a_stall_is_diagnosed_inside_the_pod(&cluster, &node),
+        workers_follow_the_cpu_limit(&cluster, &node),
     );
     eprintln!("real-pod scenarios done in {:?}", started.elapsed());
 }
@@ -113,19 +118,7 @@ async fn readme_example(cluster: &Cluster, node: &RealNode) {
     assert_eq!(status.replicas.as_ref().unwrap().ready, 2);
     let workers = status.workers.as_ref().unwrap().count;
 
-    let deployment = Api::<Deployment>::namespaced(client.clone(), &ns.name)
-        .get("search-api")
-        .await
-        .unwrap();
-    let template = deployment.spec.unwrap().template.spec.unwrap();
-    let app = &template.containers[0];
-    let rendered: Vec<String> = app
-        .command
-        .iter()
-        .flatten()
-        .chain(app.args.iter().flatten())
-        .cloned()
-        .collect();
+    let rendered = rendered_command(&deployment_of(cluster, &ns, "search-api").await);
     let pods = workload_pods(cluster, &ns, "search-api").await;
     assert_eq!(pods.len(), 2);
     for pod in &pods {
@@ -134,31 +127,13 @@ async fn readme_example(cluster: &Cluster, node: &RealNode) {
         // A native sidecar: an init container that keeps running beside the app.
         let sidecar = container_status(pod, SIDECAR_CONTAINER);
         assert!(sidecar.started == Some(true), "{name}: {sidecar:?}");
-        for c in [sidecar, container_status(pod, &app.name)] {
+        for c in [sidecar, container_status(pod, APP_CONTAINER)] {
             assert_eq!(c.restart_count, 0, "{name}: {c:?}");
         }
 
-        // What runs: one server process with the rendered argv, and its workers.
-        let id = container_status(pod, &app.name)
-            .container_id
-            .clone()
-            .unwrap();
-        let processes = poll_until(Duration::from_secs(30), "every worker started", || async {
-            let p = RealNode::container_processes(&id);
-            (p.len() == workers as usize + 1).then_some(p)
-        })
-        .await;
-        let pids: Vec<u32> = processes.iter().map(|p| p.pid).collect();
-        let masters: Vec<_> = processes
-            .iter()
-            .filter(|p| !pids.contains(&p.ppid))
-            .collect();
-        assert_eq!(masters.len(), 1, "one supervisor: {processes:?}");
-        assert_eq!(
-            strip_interpreter(&masters[0].argv),
-            rendered,
-            "{name} runs the rendered command"
-        );
+        let (argv, running) = server_processes(pod, workers).await;
+        assert_eq!(argv, rendered, "{name} runs the rendered command");
+        assert_eq!(running, workers, "{name}");
     }
     // Each sidecar writes its conditions on its own pod, with its own token, after its
     // first window of measurements.
@@ -205,6 +180,167 @@ async fn readme_example(cluster: &Cluster, node: &RealNode) {
     assert!(
         via_service.as_ref().is_some_and(|r| r.ok()),
         "GET {url}: {via_service:?}"
+    );
+}
+
+/// A handler that blocks the event loop (`time.sleep` in an async def), called again and
+/// again: the sidecar beside the app sees the stall and turns `EventLoopResponsive` False
+/// (`LoopStalled`) on its pod, the ApiWorkload rolls it up, and both recover after.
+async fn a_stall_is_diagnosed_inside_the_pod(cluster: &Cluster, node: &RealNode) {
+    let ns = node.namespace(cluster, "stall").await;
+    let doc = json!({
+        "apiVersion": "apiworkload.io/v1alpha1", "kind": "ApiWorkload",
+        "metadata": {"name": "stalls", "namespace": ns.name},
+        "spec": {
+            "image": APP_IMAGE, "app": "app:app", "server": "uvicorn",
+            "resources": {"requests": {"cpu": "50m", "memory": "96Mi"},
+                          "limits": {"cpu": "1", "memory": "512Mi"}},
+            "scaling": {"minReplicas": 1, "maxReplicas": 1},
+            "timeouts": {"drain": "1s", "gracefulShutdown": "2s"},
+        }
+    });
+    let (ok, out, err) = cluster.apply(&doc);
+    assert!(ok, "{out}{err}");
+    wait_status(cluster, &ns, "stalls", "stalls responsive", |aw| {
+        condition(aw, "EventLoopResponsive").is_some_and(|c| c.status == "True")
+    })
+    .await;
+    let pod = workload_pods(cluster, &ns, "stalls").await.remove(0);
+    let pod_name = pod.metadata.name.clone().unwrap();
+    let ip = pod.status.as_ref().unwrap().pod_ip.clone().unwrap();
+
+    // One blocking request after another, from inside the cluster's network, until the
+    // diagnosis shows (bounded: at most 120 requests of 1 s).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        let url = format!("http://{ip}:8000/block?seconds=1");
+        let curl = node.command(&["curl", "-sS", "-o", "/dev/null", "--max-time", "5", &url]);
+        tokio::spawn(async move {
+            let mut curl = tokio::process::Command::from(curl);
+            let mut sent = 0;
+            while sent < 120 && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = curl.status().await;
+                sent += 1;
+            }
+            sent
+        })
+    };
+    let t = Instant::now();
+    let aw = wait_status(cluster, &ns, "stalls", "LoopStalled rolled up", |aw| {
+        condition(aw, "EventLoopResponsive")
+            .is_some_and(|c| c.status == "False" && c.reason == "LoopStalled")
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = load.await.unwrap();
+    eprintln!(
+        "LoopStalled after {:?} ({sent} blocking requests)",
+        t.elapsed()
+    );
+    let rolled = condition(&aw, "EventLoopResponsive").unwrap();
+    assert!(
+        rolled.message.contains(&pod_name),
+        "the roll-up names the pod: {}",
+        rolled.message
+    );
+    let on_pod = Api::<Pod>::namespaced(cluster.client().await, &ns.name)
+        .get(&pod_name)
+        .await
+        .unwrap();
+    let c = pod_condition(&on_pod, "apiworkload.io/EventLoopResponsive").unwrap();
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_deref()),
+        ("False", Some("LoopStalled"))
+    );
+
+    let t = Instant::now();
+    wait_status(
+        cluster,
+        &ns,
+        "stalls",
+        "EventLoopResponsive recovered",
+        |aw| condition(aw, "EventLoopResponsive").is_some_and(|c| c.status == "True"),
+    )
+    .await;
+    eprintln!(
+        "EventLoopResponsive True again {:?} after the load stopped",
+        t.elapsed()
+    );
+}
+
+/// `resources.limits.cpu` 1 → 2 rolls out pods whose server runs the new worker count,
+/// counted in the running container, not read from the spec.
+async fn workers_follow_the_cpu_limit(cluster: &Cluster, node: &RealNode) {
+    let ns = node.namespace(cluster, "cpu-limit").await;
+    let workload = |cpu: &str| {
+        json!({
+            "apiVersion": "apiworkload.io/v1alpha1", "kind": "ApiWorkload",
+            "metadata": {"name": "sized", "namespace": ns.name},
+            "spec": {
+                "image": APP_IMAGE, "app": "app:app", "server": "gunicorn-uvicorn",
+                "resources": {"requests": {"cpu": "50m", "memory": "96Mi"},
+                              "limits": {"cpu": cpu, "memory": "2Gi"}},
+                "scaling": {"minReplicas": 1, "maxReplicas": 1},
+                "timeouts": {"drain": "1s", "gracefulShutdown": "2s"},
+            }
+        })
+    };
+    let mut counts = Vec::new();
+    for cpu in ["1", "2"] {
+        let (ok, out, err) = cluster.apply(&workload(cpu));
+        assert!(ok, "{out}{err}");
+        let aw = wait_status(
+            cluster,
+            &ns,
+            "sized",
+            &format!("Ready with limits.cpu {cpu}"),
+            |aw| {
+                let status = aw.status.as_ref();
+                status.and_then(|s| s.observed_generation) == aw.metadata.generation
+                    && condition(aw, "Ready").is_some_and(|c| c.status == "True")
+            },
+        )
+        .await;
+        let workers = aw.status.as_ref().unwrap().workers.as_ref().unwrap().count;
+        // Only the new pods: the old ones may still be draining.
+        let deployment = deployment_of(cluster, &ns, "sized").await;
+        let rendered = rendered_command(&deployment);
+        let pods = poll_until(READY_WITHIN, "only pods of the new template", || async {
+            let pods = workload_pods(cluster, &ns, "sized").await;
+            let current = pods.iter().all(|p| {
+                p.metadata.deletion_timestamp.is_none()
+                    && pod_ready(p)
+                    && p.spec.as_ref().unwrap().containers[0].resources
+                        == deployment
+                            .spec
+                            .as_ref()
+                            .unwrap()
+                            .template
+                            .spec
+                            .as_ref()
+                            .unwrap()
+                            .containers[0]
+                            .resources
+            });
+            (current && pods.len() == 1).then_some(pods)
+        })
+        .await;
+        let (argv, running) = server_processes(&pods[0], workers).await;
+        assert_eq!(
+            argv, rendered,
+            "limits.cpu {cpu}: the rendered command runs"
+        );
+        assert_eq!(running, workers, "limits.cpu {cpu}");
+        counts.push(running);
+    }
+    eprintln!(
+        "workers per pod: {} with limits.cpu 1, {} with 2",
+        counts[0], counts[1]
+    );
+    assert!(
+        counts[1] > counts[0],
+        "more cores, more workers: {counts:?}"
     );
 }
 
@@ -307,6 +443,62 @@ async fn wait_ready(cluster: &Cluster, ns: &TestNamespace, name: &str) -> ApiWor
         condition(aw, "Ready").is_some_and(|c| c.status == "True")
     })
     .await
+}
+
+async fn deployment_of(cluster: &Cluster, ns: &TestNamespace, name: &str) -> Deployment {
+    Api::<Deployment>::namespaced(cluster.client().await, &ns.name)
+        .get(name)
+        .await
+        .unwrap()
+}
+
+/// The app container's command line as the Deployment renders it.
+fn rendered_command(deployment: &Deployment) -> Vec<String> {
+    let app = &deployment
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0];
+    app.command
+        .iter()
+        .flatten()
+        .chain(app.args.iter().flatten())
+        .cloned()
+        .collect()
+}
+
+/// What runs in the pod's app container, from the host's /proc: the supervisor's argv (as
+/// the pod spec writes it) and how many worker processes it has, once `workers` have
+/// started (or after 30 s).
+async fn server_processes(pod: &Pod, workers: i32) -> (Vec<String>, i32) {
+    let id = container_status(pod, APP_CONTAINER)
+        .container_id
+        .clone()
+        .unwrap();
+    let t = Instant::now();
+    loop {
+        let processes = RealNode::container_processes(&id);
+        let pids: Vec<u32> = processes.iter().map(|p| p.pid).collect();
+        let supervisors: Vec<_> = processes
+            .iter()
+            .filter(|p| !pids.contains(&p.ppid))
+            .collect();
+        assert_eq!(
+            supervisors.len(),
+            1,
+            "one process at the top: {processes:?}"
+        );
+        // A single-process server is its own worker.
+        let running = i32::try_from(processes.len() - 1).unwrap().max(1);
+        if running == workers || t.elapsed() > Duration::from_secs(30) {
+            return (strip_interpreter(&supervisors[0].argv), running);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 async fn workload_pods(cluster: &Cluster, ns: &TestNamespace, name: &str) -> Vec<Pod> {

@@ -390,6 +390,14 @@ impl RealNode {
         )
     }
 
+    /// `argv` to run inside the node's network namespace, for a caller that waits on it
+    /// its own way (`tokio::process::Command::from`).
+    pub fn command(&self, argv: &[&str]) -> Command {
+        let mut cmd = self.script(&["exec"]);
+        cmd.args(argv);
+        cmd
+    }
+
     /// GET `url` from inside the node's network namespace: (status, body).
     pub fn http_get(&self, url: &str) -> Option<HttpResponse> {
         let (ok, out, _) = self.exec(&[
