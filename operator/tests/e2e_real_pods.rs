@@ -7,7 +7,8 @@
 //! conditions with its projected token, and the ApiWorkload rolls them up. Every server
 //! kind boots and every upstream kind's sidecar starts. A blocking handler is diagnosed
 //! from inside the pod (`LoopStalled`) and recovers; an edit of the CPU limit rolls out
-//! pods that really run the new worker count.
+//! pods that really run the new worker count. A rollout under continuous load through
+//! the Service drops no request, and one with its shutdown budget defeated does.
 //!
 //! One private cluster for the file (the operator installed by helm would otherwise
 //! reconcile the workloads of every other test on the shared one); the scenarios run
@@ -51,6 +52,7 @@ async fn the_chart_and_the_readme_example_run_on_real_pods() {
         every_server_kind_boots(&cluster, &node),
         a_stall_is_diagnosed_inside_the_pod(&cluster, &node),
         workers_follow_the_cpu_limit(&cluster, &node),
+        a_rollout_drops_no_request(&cluster, &node),
     );
     eprintln!("real-pod scenarios done in {:?}", started.elapsed());
 }
@@ -342,6 +344,115 @@ async fn workers_follow_the_cpu_limit(cluster: &Cluster, node: &RealNode) {
         counts[1] > counts[0],
         "more cores, more workers: {counts:?}"
     );
+}
+
+/// A rollout under bounded, continuous load through the Service (new connections from
+/// inside the cluster's network, routed by kube-proxy) drops no request with the derived
+/// shutdown budget. The same rollout of a workload whose budget is defeated (no preStop
+/// drain, 1 s to finish) drops requests: the check can fail.
+async fn a_rollout_drops_no_request(cluster: &Cluster, node: &RealNode) {
+    let ns = node.namespace(cluster, "rollout").await;
+    let workload = |name: &str, memory: &str, timeouts: &Value| {
+        json!({
+            "apiVersion": "apiworkload.io/v1alpha1", "kind": "ApiWorkload",
+            "metadata": {"name": name, "namespace": ns.name},
+            "spec": {
+                "image": APP_IMAGE, "app": "app:app", "server": "gunicorn-uvicorn",
+                "resources": {"requests": {"cpu": "50m", "memory": memory},
+                              "limits": {"cpu": "1", "memory": "512Mi"}},
+                "scaling": {"minReplicas": 2, "maxReplicas": 2},
+                "timeouts": timeouts,
+            }
+        })
+    };
+    let budgets = [
+        ("budgeted", json!({})),
+        ("defeated", json!({"drain": "0s", "gracefulShutdown": "1s"})),
+    ];
+    for (name, timeouts) in &budgets {
+        let (ok, out, err) = cluster.apply(&workload(name, "96Mi", timeouts));
+        assert!(ok, "{name}: {out}{err}");
+    }
+    for (name, _) in &budgets {
+        wait_rolled_out(cluster, &ns, name).await;
+    }
+
+    let stop_file = std::env::temp_dir().join(format!("apiw-loadgen-stop-{}", ns.name));
+    let loadgen = repo_root().join("tests/apps/loadgen.py");
+    let mut loads = Vec::new();
+    for (name, _) in &budgets {
+        let url = format!(
+            "http://{}/healthz",
+            service_address(cluster, &ns, name).await
+        );
+        let cmd = node.command(&[
+            "python3",
+            loadgen.to_str().unwrap(),
+            &url,
+            stop_file.to_str().unwrap(),
+            "180",   // seconds at most
+            "40000", // requests at most
+        ]);
+        loads.push(tokio::process::Command::from(cmd).output());
+    }
+    let loads = tokio::spawn(futures::future::join_all(loads));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // A spec edit that changes the pod template: a rolling update of both.
+    let t = Instant::now();
+    for (name, timeouts) in &budgets {
+        let (ok, out, err) = cluster.apply(&workload(name, "100Mi", timeouts));
+        assert!(ok, "{name}: {out}{err}");
+    }
+    for (name, _) in &budgets {
+        wait_rolled_out(cluster, &ns, name).await;
+    }
+    eprintln!("both rollouts done (old pods gone) in {:?}", t.elapsed());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    std::fs::write(&stop_file, b"").unwrap();
+    let outputs = loads.await.unwrap();
+    let _ = std::fs::remove_file(&stop_file);
+
+    let mut counts = Vec::new();
+    for ((name, _), out) in budgets.iter().zip(outputs) {
+        let out = out.unwrap();
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{name}: no report from the load generator ({e}): {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        eprintln!("rollout of {name}: {report}");
+        counts.push(report);
+    }
+    let (budgeted, defeated) = (&counts[0], &counts[1]);
+    assert!(budgeted["sent"].as_u64().unwrap() >= 500, "{budgeted}");
+    assert_eq!(
+        budgeted["failed"], 0,
+        "the derived budget drops nothing: {budgeted}"
+    );
+    assert!(
+        defeated["failed"].as_u64().unwrap() > 0,
+        "with no drain the same rollout should drop requests: {defeated}"
+    );
+}
+
+/// Waits until the Deployment runs only pods of its current template (`replicas` of them,
+/// all ready) and no old pod is left, even terminating.
+async fn wait_rolled_out(cluster: &Cluster, ns: &TestNamespace, name: &str) {
+    poll_until(READY_WITHIN, &format!("{name} rolled out"), || async {
+        let d = deployment_of(cluster, ns, name).await;
+        let want = d.spec.as_ref()?.replicas?;
+        let status = d.status.as_ref()?;
+        let done = d.metadata.generation == status.observed_generation
+            && status.updated_replicas == Some(want)
+            && status.ready_replicas == Some(want)
+            && status.replicas == Some(want);
+        let pods = workload_pods(cluster, ns, name).await;
+        (done && pods.len() == want as usize).then_some(())
+    })
+    .await;
 }
 
 /// Each server kind, each behind another upstream kind: every workload becomes Ready on
