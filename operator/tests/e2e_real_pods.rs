@@ -8,7 +8,10 @@
 //! kind boots and every upstream kind's sidecar starts. A blocking handler is diagnosed
 //! from inside the pod (`LoopStalled`) and recovers; an edit of the CPU limit rolls out
 //! pods that really run the new worker count. A rollout under continuous load through
-//! the Service drops no request, and one with its shutdown budget defeated does.
+//! the Service drops no request, and one with its shutdown budget defeated does. The
+//! probes do their job: a slow start within the startup budget is not killed (one past it
+//! is), a worker blocked past its heartbeat is replaced by gunicorn and the pod is not
+//! restarted, and a dead server is restarted.
 //!
 //! One private cluster for the file (the operator installed by helm would otherwise
 //! reconcile the workloads of every other test on the shared one); the scenarios run
@@ -53,6 +56,7 @@ async fn the_chart_and_the_readme_example_run_on_real_pods() {
         a_stall_is_diagnosed_inside_the_pod(&cluster, &node),
         workers_follow_the_cpu_limit(&cluster, &node),
         a_rollout_drops_no_request(&cluster, &node),
+        probes_do_their_job(&cluster, &node),
     );
     eprintln!("real-pod scenarios done in {:?}", started.elapsed());
 }
@@ -207,21 +211,31 @@ async fn a_stall_is_diagnosed_inside_the_pod(cluster: &Cluster, node: &RealNode)
         condition(aw, "EventLoopResponsive").is_some_and(|c| c.status == "True")
     })
     .await;
-    let pod = workload_pods(cluster, &ns, "stalls").await.remove(0);
+    // The pod that serves (a pod of an earlier template may still be terminating).
+    let pod = poll_until(READY_WITHIN, "one serving pod", || async {
+        let pods = workload_pods(cluster, &ns, "stalls").await;
+        match pods.as_slice() {
+            [pod] if pod.metadata.deletion_timestamp.is_none() && pod_ready(pod) => {
+                Some(pod.clone())
+            }
+            _ => None,
+        }
+    })
+    .await;
     let pod_name = pod.metadata.name.clone().unwrap();
-    let ip = pod.status.as_ref().unwrap().pod_ip.clone().unwrap();
+    let address = service_address(cluster, &ns, "stalls").await;
 
     // One blocking request after another, from inside the cluster's network, until the
-    // diagnosis shows (bounded: at most 120 requests of 1 s).
+    // diagnosis shows (bounded: at most 180 requests of 1 s).
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let load = {
         let stop = stop.clone();
-        let url = format!("http://{ip}:8000/block?seconds=1");
+        let url = format!("http://{address}/block?seconds=1");
         let curl = node.command(&["curl", "-sS", "-o", "/dev/null", "--max-time", "5", &url]);
         tokio::spawn(async move {
             let mut curl = tokio::process::Command::from(curl);
             let mut sent = 0;
-            while sent < 120 && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            while sent < 180 && !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let _ = curl.status().await;
                 sent += 1;
             }
@@ -453,6 +467,174 @@ async fn wait_rolled_out(cluster: &Cluster, ns: &TestNamespace, name: &str) {
         (done && pods.len() == want as usize).then_some(())
     })
     .await;
+}
+
+/// The probes the operator derives, on a real kubelet: a slow start (20 s) within the
+/// startup budget is not killed, and one past a shorter budget is (so the check can
+/// fail); a single worker whose loop is blocked past gunicorn's heartbeat is replaced by
+/// gunicorn while liveness leaves the pod alone; a server that dies is restarted.
+async fn probes_do_their_job(cluster: &Cluster, node: &RealNode) {
+    let ns = node.namespace(cluster, "probes").await;
+    let workload = |name: &str, spec: Value| {
+        let mut doc = json!({
+            "apiVersion": "apiworkload.io/v1alpha1", "kind": "ApiWorkload",
+            "metadata": {"name": name, "namespace": ns.name},
+            "spec": {
+                "image": APP_IMAGE, "app": "app:app", "server": "gunicorn-uvicorn",
+                "resources": {"requests": {"cpu": "50m", "memory": "96Mi"},
+                              "limits": {"cpu": "1", "memory": "512Mi"}},
+                "scaling": {"minReplicas": 1, "maxReplicas": 1},
+                "timeouts": {"drain": "1s", "gracefulShutdown": "2s"},
+            }
+        });
+        for (k, v) in spec.as_object().unwrap() {
+            match (doc["spec"][k].as_object_mut(), v.as_object()) {
+                (Some(base), Some(extra)) => base.extend(extra.clone()),
+                _ => doc["spec"][k] = v.clone(),
+            }
+        }
+        let (ok, out, err) = cluster.apply(&doc);
+        assert!(ok, "{name}: {out}{err}");
+    };
+    let slow = json!([{"name": "STARTUP_DELAY_SECONDS", "value": "20"}]);
+    workload(
+        "slow-start",
+        json!({"env": slow, "timeouts": {"startup": "60s"}}),
+    );
+    workload(
+        "too-slow",
+        json!({"env": slow, "timeouts": {"startup": "10s"}}),
+    );
+    workload(
+        "blocked",
+        json!({"workers": {"count": 1}, "timeouts": {"workerHeartbeat": "10s"}}),
+    );
+    workload("dies", json!({}));
+
+    let slow_start = async {
+        let t = Instant::now();
+        wait_ready(cluster, &ns, "slow-start").await;
+        let pod = workload_pods(cluster, &ns, "slow-start").await.remove(0);
+        let app = container_status(&pod, APP_CONTAINER);
+        assert_eq!(
+            app.restart_count, 0,
+            "a start within the budget is not killed: {app:?}"
+        );
+        assert!(
+            t.elapsed() >= Duration::from_secs(20),
+            "Ready before the app could answer"
+        );
+        eprintln!(
+            "slow start (20 s, startup budget 60 s): Ready after {:?}, no restart",
+            t.elapsed()
+        );
+        let t = Instant::now();
+        poll_until(
+            READY_WITHIN,
+            "too-slow restarted by its startup probe",
+            || async {
+                let pods = workload_pods(cluster, &ns, "too-slow").await;
+                let restarts = pods
+                    .first()
+                    .and_then(|p| p.status.as_ref()?.container_statuses.clone())
+                    .and_then(|s| {
+                        s.iter()
+                            .find(|c| c.name == APP_CONTAINER)
+                            .map(|c| c.restart_count)
+                    });
+                restarts.filter(|r| *r >= 1)
+            },
+        )
+        .await;
+        eprintln!(
+            "slow start past a 10 s startup budget: restarted after {:?}",
+            t.elapsed()
+        );
+    };
+
+    let blocked = async {
+        wait_ready(cluster, &ns, "blocked").await;
+        let pod = workload_pods(cluster, &ns, "blocked").await.remove(0);
+        let (_, workers) = server_processes(&pod, 1).await;
+        assert_eq!(workers, 1);
+        let id = container_status(&pod, APP_CONTAINER)
+            .container_id
+            .clone()
+            .unwrap();
+        let worker_pids = || {
+            let processes = RealNode::container_processes(&id);
+            let pids: Vec<u32> = processes.iter().map(|p| p.pid).collect();
+            processes
+                .iter()
+                .filter(|p| pids.contains(&p.ppid))
+                .map(|p| p.pid)
+                .collect::<Vec<_>>()
+        };
+        let before = worker_pids();
+        // The only worker sleeps 40 s inside an async handler: no heartbeat for 40 s.
+        let ip = pod.status.as_ref().unwrap().pod_ip.clone().unwrap();
+        let url = format!("http://{ip}:8000/block?seconds=40");
+        let curl = node.command(&["curl", "-sS", "-o", "/dev/null", "--max-time", "45", &url]);
+        let request = tokio::spawn(tokio::process::Command::from(curl).output());
+        let t = Instant::now();
+        let after = poll_until(
+            Duration::from_secs(40),
+            "gunicorn replaced the blocked worker",
+            || async {
+                let now = worker_pids();
+                (now.len() == 1 && now != before).then_some(now)
+            },
+        )
+        .await;
+        eprintln!(
+            "blocked worker {before:?} replaced by {after:?} after {:?}",
+            t.elapsed()
+        );
+        let _ = request.await;
+        // Liveness had its chance all along and never restarted the container.
+        wait_ready(cluster, &ns, "blocked").await;
+        let pod = workload_pods(cluster, &ns, "blocked").await.remove(0);
+        let app = container_status(&pod, APP_CONTAINER);
+        assert_eq!(app.restart_count, 0, "liveness restarted the pod: {app:?}");
+    };
+
+    let dies = async {
+        wait_ready(cluster, &ns, "dies").await;
+        let pod = workload_pods(cluster, &ns, "dies").await.remove(0);
+        let id = container_status(&pod, APP_CONTAINER)
+            .container_id
+            .clone()
+            .unwrap();
+        let processes = RealNode::container_processes(&id);
+        let pids: Vec<u32> = processes.iter().map(|p| p.pid).collect();
+        let master = processes
+            .iter()
+            .find(|p| !pids.contains(&p.ppid))
+            .unwrap()
+            .pid;
+        let killed = std::process::Command::new("kill")
+            .args(["-KILL", &master.to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let t = Instant::now();
+        poll_until(
+            READY_WITHIN,
+            "the dead server restarted and Ready",
+            || async {
+                let pod = workload_pods(cluster, &ns, "dies")
+                    .await
+                    .into_iter()
+                    .next()?;
+                let app = container_status(&pod, APP_CONTAINER);
+                (app.restart_count == 1 && pod_ready(&pod)).then_some(())
+            },
+        )
+        .await;
+        eprintln!("dead server restarted and Ready after {:?}", t.elapsed());
+    };
+
+    tokio::join!(slow_start, blocked, dies);
 }
 
 /// Each server kind, each behind another upstream kind: every workload becomes Ready on

@@ -4,6 +4,8 @@
 - GET /block?seconds=S: an async handler that calls time.sleep, freezing the event loop.
 - GET /cpu?seconds=S: an async handler that burns CPU for S seconds.
 - POST /parse: parses a JSON body in the handler (large bodies stall the loop).
+
+STARTUP_DELAY_SECONDS in the environment delays the import (a slow-starting app).
 """
 
 import json
@@ -13,6 +15,9 @@ import time
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+
+# A slow start, as heavy imports or a model load make one (the probe tests set it).
+time.sleep(float(os.environ.get("STARTUP_DELAY_SECONDS", "0")))
 
 # The sidecar's opt-in heartbeat, from the repo (an app would vendor or install it).
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "sidecar", "python"))
