@@ -47,8 +47,10 @@ pub struct WindowAccumulator {
     pub stalled_seconds: f64,
     /// Stalled worker-seconds the heartbeat saw (the same stall may be in both).
     pub heartbeat_stalled_seconds: f64,
-    /// A canary probe was outstanding past the threshold at some point in the window.
-    pub stalled_in_progress: bool,
+    /// How long the stall in progress at the canary's last report had lasted (0: none).
+    pub canary_stalled_now_seconds: f64,
+    /// The same for the heartbeat's most overdue worker.
+    pub heartbeat_stalled_now_seconds: f64,
     pub window_seconds: f64,
     pub dns_lookups: u64,
     pub dns_queries: u64,
@@ -66,13 +68,23 @@ pub struct WindowAccumulator {
 }
 
 impl WindowAccumulator {
-    /// The window's summary. A stall in progress counts as stalled for the whole window
-    /// (at least the threshold), so a long stall is reported while it happens.
+    /// The window's summary. The stalls that ended count for what they lasted, and a
+    /// stall still in progress for what it has lasted so far, so a long stall is reported
+    /// while it happens (the whole window once it outlasts it) and short ones for their
+    /// real share: counting a window whole because one report caught a short stall in
+    /// progress called 30 % "100 %". A stall that spans two windows counts in the second
+    /// for its whole length again (capped at the window); the
+    /// `…_event_loop_stall_seconds_total` counter in /metrics counts it once.
     pub fn finish(self, threshold_seconds: f64) -> Window {
-        let mut stalled = self.stalled_seconds.max(self.heartbeat_stalled_seconds);
-        if self.stalled_in_progress {
-            stalled = stalled.max(self.window_seconds.max(threshold_seconds));
-        }
+        let ended = self.stalled_seconds.max(self.heartbeat_stalled_seconds);
+        let now = self
+            .canary_stalled_now_seconds
+            .max(self.heartbeat_stalled_now_seconds);
+        let stalled = if now > 0.0 {
+            ended + now.max(threshold_seconds)
+        } else {
+            ended
+        };
         let mut lifetimes = self.outbound_lifetimes;
         lifetimes.sort_by(f64::total_cmp);
         Window {
@@ -106,19 +118,19 @@ pub enum Evidence {
         timeouts: u64,
         seconds: f64,
     },
-    /// Canary requests since the last report; `stall_in_progress`: a probe is outstanding
-    /// past the stall threshold right now.
+    /// Canary requests since the last report; `stalled_now_seconds`: how long the probe
+    /// outstanding past the stall threshold right now has been waiting (0: none).
     Canary {
         probes: u64,
         failures: u64,
         stalled_seconds: f64,
-        stall_in_progress: bool,
+        stalled_now_seconds: f64,
     },
-    /// Heartbeat stalls since the last report; `stall_in_progress`: a worker is overdue
-    /// past the stall threshold right now.
+    /// Heartbeat stalls since the last report; `stalled_now_seconds`: how long the worker
+    /// overdue past the stall threshold right now has been silent (0: none).
     Heartbeat {
         stalled_seconds: f64,
-        stall_in_progress: bool,
+        stalled_now_seconds: f64,
     },
     /// One sample of the pod's socket table.
     Sockets(SocketEvidence),
@@ -159,20 +171,21 @@ impl WindowAccumulator {
                 probes,
                 failures,
                 stalled_seconds,
-                stall_in_progress,
+                stalled_now_seconds,
             } => {
                 self.canary_probes += probes;
                 self.canary_failures += failures;
                 self.stalled_seconds += stalled_seconds;
-                // A stall still in progress counts toward this window as it happens.
-                self.stalled_in_progress |= stall_in_progress;
+                // Only the latest report's: an earlier one's stall has ended since, and
+                // is in `stalled_seconds` once it has.
+                self.canary_stalled_now_seconds = stalled_now_seconds;
             }
             Evidence::Heartbeat {
                 stalled_seconds,
-                stall_in_progress,
+                stalled_now_seconds,
             } => {
                 self.heartbeat_stalled_seconds += stalled_seconds;
-                self.stalled_in_progress |= stall_in_progress;
+                self.heartbeat_stalled_now_seconds = stalled_now_seconds;
             }
             Evidence::Sockets(s) => {
                 self.socket_samples += 1;
@@ -238,17 +251,17 @@ mod tests {
     }
 
     #[test]
-    fn a_stall_in_progress_from_either_source_fills_the_window() {
+    fn a_stall_in_progress_longer_than_the_window_from_either_source_fills_it() {
         for evidence in [
             Evidence::Canary {
                 probes: 1,
                 failures: 0,
                 stalled_seconds: 0.0,
-                stall_in_progress: true,
+                stalled_now_seconds: 12.0,
             },
             Evidence::Heartbeat {
                 stalled_seconds: 0.0,
-                stall_in_progress: true,
+                stalled_now_seconds: 12.0,
             },
         ] {
             let mut w = WindowAccumulator {
@@ -258,6 +271,49 @@ mod tests {
             w.add(evidence.clone());
             assert_eq!(w.finish(1.0).stalled_seconds, 10.0, "{evidence:?}");
         }
+    }
+
+    /// Short stalls, some caught in progress by a report: the window is stalled for the
+    /// time measured (3 s of 10), not whole because a report saw one in progress. Before
+    /// this, it was called "stalled 100 %" while the real duty was 30 %.
+    #[test]
+    fn stalls_caught_in_progress_count_for_their_time_not_the_window() {
+        let mut w = WindowAccumulator {
+            window_seconds: 10.0,
+            ..Default::default()
+        };
+        for second in 0..10 {
+            // One 0.3 s stall per second; every third report lands inside one (0.2 s in),
+            // but not the last (that one counts for its age: the next test).
+            w.add(Evidence::Canary {
+                probes: 10,
+                failures: 0,
+                stalled_seconds: 0.3,
+                stalled_now_seconds: if second % 3 == 1 { 0.2 } else { 0.0 },
+            });
+        }
+        let stalled = w.finish(0.1).stalled_seconds;
+        assert!((stalled - 3.0).abs() < 1e-9, "{stalled} s stalled of 10 s");
+    }
+
+    #[test]
+    fn a_stall_in_progress_at_the_end_counts_for_its_age_so_far() {
+        let mut w = WindowAccumulator {
+            window_seconds: 10.0,
+            ..Default::default()
+        };
+        w.add(Evidence::Canary {
+            probes: 5,
+            failures: 0,
+            stalled_seconds: 1.0,
+            stalled_now_seconds: 0.0,
+        });
+        w.add(Evidence::Heartbeat {
+            stalled_seconds: 0.0,
+            stalled_now_seconds: 2.5,
+        });
+        let stalled = w.finish(0.1).stalled_seconds;
+        assert!((stalled - 3.5).abs() < 1e-9, "{stalled}");
     }
 
     #[test]

@@ -30,9 +30,10 @@ pub async fn watch(config: Config, metrics: Arc<Metrics>, evidence: EvidenceSink
             probes: delta.probes,
             failures: delta.failures,
             stalled_seconds: delta.stalled_seconds,
-            stall_in_progress: delta
+            stalled_now_seconds: delta
                 .oldest_inflight
-                .is_some_and(|d| d > config.app.stall_threshold),
+                .filter(|d| *d > config.app.stall_threshold)
+                .map_or(0.0, |d| d.as_secs_f64()),
         });
     }
 }

@@ -38,7 +38,10 @@ pub async fn watch(config: Config, metrics: Arc<Metrics>, evidence: EvidenceSink
                 metrics.event_loop.record_heartbeat(&delta);
                 evidence.send(Evidence::Heartbeat {
                     stalled_seconds: delta.stalled_seconds,
-                    stall_in_progress: delta.overdue.is_some_and(|d| d > config.app.stall_threshold),
+                    stalled_now_seconds: delta
+                        .overdue
+                        .filter(|d| *d > config.app.stall_threshold)
+                        .map_or(0.0, |d| d.as_secs_f64()),
                 });
             }
         }
