@@ -456,7 +456,11 @@ async fn a_rollout_drops_no_request(cluster: &Cluster, node: &RealNode) {
 /// all ready) and no old pod is left, even terminating.
 async fn wait_rolled_out(cluster: &Cluster, ns: &TestNamespace, name: &str) {
     poll_until(READY_WITHIN, &format!("{name} rolled out"), || async {
-        let d = deployment_of(cluster, ns, name).await;
+        // Not there yet right after the apply: the operator creates it.
+        let d = Api::<Deployment>::namespaced(cluster.client().await, &ns.name)
+            .get_opt(name)
+            .await
+            .ok()??;
         let want = d.spec.as_ref()?.replicas?;
         let status = d.status.as_ref()?;
         let done = d.metadata.generation == status.observed_generation
