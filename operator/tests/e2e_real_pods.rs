@@ -20,8 +20,10 @@
 
 use std::time::{Duration, Instant};
 
-use apiworkload_e2e::operator::condition;
-use apiworkload_e2e::{Cluster, PrivateCluster, RealNode, TestNamespace, poll_until, repo_root};
+use apiworkload_e2e::operator::{app_command, app_container, condition};
+use apiworkload_e2e::{
+    Cluster, PrivateCluster, RealNode, TestNamespace, pod_condition, poll_until, repo_root,
+};
 use apiworkload_operator::{
     api::ApiWorkload,
     render::{APP_CONTAINER, SIDECAR_CONTAINER, WORKLOAD_LABEL},
@@ -124,7 +126,7 @@ async fn readme_example(cluster: &Cluster, node: &RealNode) {
     assert_eq!(status.replicas.as_ref().unwrap().ready, 2);
     let workers = status.workers.as_ref().unwrap().count;
 
-    let rendered = rendered_command(&deployment_of(cluster, &ns, "search-api").await);
+    let rendered = app_command(&deployment_of(cluster, &ns, "search-api").await);
     let pods = workload_pods(cluster, &ns, "search-api").await;
     assert_eq!(pods.len(), 2);
     for pod in &pods {
@@ -194,19 +196,7 @@ async fn readme_example(cluster: &Cluster, node: &RealNode) {
 /// (`LoopStalled`) on its pod, the ApiWorkload rolls it up, and both recover after.
 async fn a_stall_is_diagnosed_inside_the_pod(cluster: &Cluster, node: &RealNode) {
     let ns = node.namespace(cluster, "stall").await;
-    let doc = json!({
-        "apiVersion": "apiworkload.io/v1alpha1", "kind": "ApiWorkload",
-        "metadata": {"name": "stalls", "namespace": ns.name},
-        "spec": {
-            "image": APP_IMAGE, "app": "app:app", "server": "uvicorn",
-            "resources": {"requests": {"cpu": "50m", "memory": "96Mi"},
-                          "limits": {"cpu": "1", "memory": "512Mi"}},
-            "scaling": {"minReplicas": 1, "maxReplicas": 1},
-            "timeouts": {"drain": "1s", "gracefulShutdown": "2s"},
-        }
-    });
-    let (ok, out, err) = cluster.apply(&doc);
-    assert!(ok, "{out}{err}");
+    apply_workload(cluster, &ns, "stalls", json!({"server": "uvicorn"}));
     wait_status(cluster, &ns, "stalls", "stalls responsive", |aw| {
         condition(aw, "EventLoopResponsive").is_some_and(|c| c.status == "True")
     })
@@ -289,23 +279,15 @@ async fn a_stall_is_diagnosed_inside_the_pod(cluster: &Cluster, node: &RealNode)
 /// counted in the running container, not read from the spec.
 async fn workers_follow_the_cpu_limit(cluster: &Cluster, node: &RealNode) {
     let ns = node.namespace(cluster, "cpu-limit").await;
-    let workload = |cpu: &str| {
-        json!({
-            "apiVersion": "apiworkload.io/v1alpha1", "kind": "ApiWorkload",
-            "metadata": {"name": "sized", "namespace": ns.name},
-            "spec": {
-                "image": APP_IMAGE, "app": "app:app", "server": "gunicorn-uvicorn",
-                "resources": {"requests": {"cpu": "50m", "memory": "96Mi"},
-                              "limits": {"cpu": cpu, "memory": "2Gi"}},
-                "scaling": {"minReplicas": 1, "maxReplicas": 1},
-                "timeouts": {"drain": "1s", "gracefulShutdown": "2s"},
-            }
-        })
-    };
     let mut counts = Vec::new();
     for cpu in ["1", "2"] {
-        let (ok, out, err) = cluster.apply(&workload(cpu));
-        assert!(ok, "{out}{err}");
+        let limits = json!({"cpu": cpu, "memory": "2Gi"});
+        apply_workload(
+            cluster,
+            &ns,
+            "sized",
+            json!({"resources": {"limits": limits}}),
+        );
         let aw = wait_status(
             cluster,
             &ns,
@@ -321,23 +303,14 @@ async fn workers_follow_the_cpu_limit(cluster: &Cluster, node: &RealNode) {
         let workers = aw.status.as_ref().unwrap().workers.as_ref().unwrap().count;
         // Only the new pods: the old ones may still be draining.
         let deployment = deployment_of(cluster, &ns, "sized").await;
-        let rendered = rendered_command(&deployment);
+        let rendered = app_command(&deployment);
         let pods = poll_until(READY_WITHIN, "only pods of the new template", || async {
             let pods = workload_pods(cluster, &ns, "sized").await;
             let current = pods.iter().all(|p| {
                 p.metadata.deletion_timestamp.is_none()
                     && pod_ready(p)
                     && p.spec.as_ref().unwrap().containers[0].resources
-                        == deployment
-                            .spec
-                            .as_ref()
-                            .unwrap()
-                            .template
-                            .spec
-                            .as_ref()
-                            .unwrap()
-                            .containers[0]
-                            .resources
+                        == app_container(&deployment).resources
             });
             (current && pods.len() == 1).then_some(pods)
         })
@@ -367,25 +340,20 @@ async fn workers_follow_the_cpu_limit(cluster: &Cluster, node: &RealNode) {
 async fn a_rollout_drops_no_request(cluster: &Cluster, node: &RealNode) {
     let ns = node.namespace(cluster, "rollout").await;
     let workload = |name: &str, memory: &str, timeouts: &Value| {
-        json!({
-            "apiVersion": "apiworkload.io/v1alpha1", "kind": "ApiWorkload",
-            "metadata": {"name": name, "namespace": ns.name},
-            "spec": {
-                "image": APP_IMAGE, "app": "app:app", "server": "gunicorn-uvicorn",
-                "resources": {"requests": {"cpu": "50m", "memory": memory},
-                              "limits": {"cpu": "1", "memory": "512Mi"}},
-                "scaling": {"minReplicas": 2, "maxReplicas": 2},
-                "timeouts": timeouts,
-            }
-        })
+        let spec = json!({
+            "resources": {"requests": {"memory": memory}},
+            "scaling": {"minReplicas": 2, "maxReplicas": 2},
+            "timeouts": timeouts,
+        });
+        apply_workload(cluster, &ns, name, spec);
     };
     let budgets = [
-        ("budgeted", json!({})),
+        // null: no timeouts at all, every one derived.
+        ("budgeted", Value::Null),
         ("defeated", json!({"drain": "0s", "gracefulShutdown": "1s"})),
     ];
     for (name, timeouts) in &budgets {
-        let (ok, out, err) = cluster.apply(&workload(name, "96Mi", timeouts));
-        assert!(ok, "{name}: {out}{err}");
+        workload(name, "96Mi", timeouts);
     }
     for (name, _) in &budgets {
         wait_rolled_out(cluster, &ns, name).await;
@@ -415,8 +383,7 @@ async fn a_rollout_drops_no_request(cluster: &Cluster, node: &RealNode) {
     // A spec edit that changes the pod template: a rolling update of both.
     let t = Instant::now();
     for (name, timeouts) in &budgets {
-        let (ok, out, err) = cluster.apply(&workload(name, "100Mi", timeouts));
-        assert!(ok, "{name}: {out}{err}");
+        workload(name, "100Mi", timeouts);
     }
     for (name, _) in &budgets {
         wait_rolled_out(cluster, &ns, name).await;
@@ -479,27 +446,7 @@ async fn wait_rolled_out(cluster: &Cluster, ns: &TestNamespace, name: &str) {
 /// gunicorn while liveness leaves the pod alone; a server that dies is restarted.
 async fn probes_do_their_job(cluster: &Cluster, node: &RealNode) {
     let ns = node.namespace(cluster, "probes").await;
-    let workload = |name: &str, spec: Value| {
-        let mut doc = json!({
-            "apiVersion": "apiworkload.io/v1alpha1", "kind": "ApiWorkload",
-            "metadata": {"name": name, "namespace": ns.name},
-            "spec": {
-                "image": APP_IMAGE, "app": "app:app", "server": "gunicorn-uvicorn",
-                "resources": {"requests": {"cpu": "50m", "memory": "96Mi"},
-                              "limits": {"cpu": "1", "memory": "512Mi"}},
-                "scaling": {"minReplicas": 1, "maxReplicas": 1},
-                "timeouts": {"drain": "1s", "gracefulShutdown": "2s"},
-            }
-        });
-        for (k, v) in spec.as_object().unwrap() {
-            match (doc["spec"][k].as_object_mut(), v.as_object()) {
-                (Some(base), Some(extra)) => base.extend(extra.clone()),
-                _ => doc["spec"][k] = v.clone(),
-            }
-        }
-        let (ok, out, err) = cluster.apply(&doc);
-        assert!(ok, "{name}: {out}{err}");
-    };
+    let workload = |name: &str, spec: Value| apply_workload(cluster, &ns, name, spec);
     let slow = json!([{"name": "STARTUP_DELAY_SECONDS", "value": "20"}]);
     workload(
         "slow-start",
@@ -660,20 +607,8 @@ async fn every_server_kind_boots(cluster: &Cluster, node: &RealNode) {
         ),
     ];
     for (i, (server, app, upstream)) in kinds.iter().enumerate() {
-        let doc = json!({
-            "apiVersion": "apiworkload.io/v1alpha1", "kind": "ApiWorkload",
-            "metadata": {"name": format!("{server}-{i}"), "namespace": ns.name},
-            "spec": {
-                "image": APP_IMAGE, "app": app, "server": server, "upstream": upstream,
-                "resources": {"requests": {"cpu": "50m", "memory": "96Mi"},
-                              "limits": {"cpu": "1", "memory": "512Mi"}},
-                "scaling": {"minReplicas": 1, "maxReplicas": 1},
-                // Short drains: the namespace goes away with the cluster.
-                "timeouts": {"drain": "1s", "gracefulShutdown": "2s"},
-            }
-        });
-        let (ok, out, err) = cluster.apply(&doc);
-        assert!(ok, "{server}: {out}{err}");
+        let spec = json!({"app": app, "server": server, "upstream": upstream});
+        apply_workload(cluster, &ns, &format!("{server}-{i}"), spec);
     }
     let t = Instant::now();
     for (i, (server, _, upstream)) in kinds.iter().enumerate() {
@@ -714,6 +649,44 @@ async fn every_server_kind_boots(cluster: &Cluster, node: &RealNode) {
     }
 }
 
+/// Applies a small ApiWorkload on the test app's image: gunicorn-uvicorn, one replica,
+/// one core, short drains (its namespace goes away with the cluster). `spec` is merged
+/// into that as a JSON merge patch (RFC 7386: objects merge, `null` removes a field).
+fn apply_workload(cluster: &Cluster, ns: &TestNamespace, name: &str, spec: Value) {
+    let mut doc = json!({
+        "apiVersion": "apiworkload.io/v1alpha1", "kind": "ApiWorkload",
+        "metadata": {"name": name, "namespace": ns.name},
+        "spec": {
+            "image": APP_IMAGE, "app": "app:app", "server": "gunicorn-uvicorn",
+            "resources": {"requests": {"cpu": "50m", "memory": "96Mi"},
+                          "limits": {"cpu": "1", "memory": "512Mi"}},
+            "scaling": {"minReplicas": 1, "maxReplicas": 1},
+            "timeouts": {"drain": "1s", "gracefulShutdown": "2s"},
+        }
+    });
+    merge_patch(&mut doc["spec"], &spec);
+    let (ok, out, err) = cluster.apply(&doc);
+    assert!(ok, "{name}: {out}{err}");
+}
+
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(fields) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    let object = target.as_object_mut().unwrap();
+    for (key, value) in fields {
+        if value.is_null() {
+            object.remove(key);
+        } else {
+            merge_patch(object.entry(key.clone()).or_insert(Value::Null), value);
+        }
+    }
+}
+
 async fn get_workload(cluster: &Cluster, ns: &TestNamespace, name: &str) -> Option<ApiWorkload> {
     Api::<ApiWorkload>::namespaced(cluster.client().await, &ns.name)
         .get_opt(name)
@@ -747,25 +720,6 @@ async fn deployment_of(cluster: &Cluster, ns: &TestNamespace, name: &str) -> Dep
         .get(name)
         .await
         .unwrap()
-}
-
-/// The app container's command line as the Deployment renders it.
-fn rendered_command(deployment: &Deployment) -> Vec<String> {
-    let app = &deployment
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap()
-        .containers[0];
-    app.command
-        .iter()
-        .flatten()
-        .chain(app.args.iter().flatten())
-        .cloned()
-        .collect()
 }
 
 /// What runs in the pod's app container, from the host's /proc: the supervisor's argv (as
@@ -830,18 +784,6 @@ fn pod_node(pod: &Pod) -> &str {
         .as_ref()
         .and_then(|s| s.node_name.as_deref())
         .unwrap_or("")
-}
-
-fn pod_condition<'a>(
-    pod: &'a Pod,
-    type_: &str,
-) -> Option<&'a k8s_openapi::api::core::v1::PodCondition> {
-    pod.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == type_)
 }
 
 fn pod_ready(pod: &Pod) -> bool {

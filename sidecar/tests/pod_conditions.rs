@@ -19,8 +19,10 @@ use apiworkload_e2e::operator::{
     condition, create_workload, fixed_spec, shared_operator, wait_status,
 };
 use apiworkload_e2e::process::Sidecar;
-use apiworkload_e2e::{Cluster, PythonServer, TestNamespace, http_get, poll_until, repo_root};
-use k8s_openapi::api::core::v1::{Pod, PodCondition, Secret};
+use apiworkload_e2e::{
+    Cluster, PythonServer, TestNamespace, http_get, pod_condition, poll_until, repo_root,
+};
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::{
     Api, Client, Config,
     api::{ListParams, Patch, PatchParams},
@@ -83,16 +85,6 @@ async fn client_from(kubeconfig: &Path) -> Client {
     .await
     .unwrap();
     Client::try_from(config).unwrap()
-}
-
-fn pod_condition(pod: &Pod, type_: &str) -> Option<PodCondition> {
-    pod.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == type_)
-        .cloned()
 }
 
 fn refusal(result: Result<Pod, kube::Error>) -> String {
@@ -254,6 +246,7 @@ async fn sidecar_writes_its_own_pods_conditions_and_the_operator_rolls_them_up()
                     let pod = pods_api.get(&mine_name).await.unwrap();
                     pod_condition(&pod, loop_type)
                         .filter(|c| c.status == status)
+                        .cloned()
                         .map(|c| (pod, c))
                 },
             )

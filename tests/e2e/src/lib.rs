@@ -422,6 +422,19 @@ impl RealNode {
     }
 }
 
+/// A pod's condition of `type_`, if it has one.
+pub fn pod_condition<'a>(
+    pod: &'a k8s_openapi::api::core::v1::Pod,
+    type_: &str,
+) -> Option<&'a k8s_openapi::api::core::v1::PodCondition> {
+    pod.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == type_)
+}
+
 /// A process on this host (see [`RealNode::container_processes`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Process {
