@@ -12,15 +12,33 @@
 //! `latency + gap`; the estimate is the midpoint (error ≤ gap / 2 ≈ period / 2).
 
 use std::{
-    net::SocketAddr,
+    net::{Ipv4Addr, SocketAddr},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
-    net::TcpStream,
+    net::{TcpSocket, TcpStream},
 };
+
+/// The canaries connect to the app from this loopback address (every 127/8 address is
+/// the pod's own), so the socket watcher can leave their connections out in every state.
+/// By UID it cannot: the server side of a connection belongs to the app, and after the
+/// close the kernel shows it under UID 0. Counted as the app's, the fresh-connection
+/// canary, closed by the server after it waited out a stall, read as a keep-alive close
+/// (`KeepAliveChurn` advising a longer keep-alive for a blocked loop).
+pub const SOURCE_ADDRESS: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 93);
+
+/// A connection to the app from [`SOURCE_ADDRESS`] (an IPv6 app address: from any).
+async fn connect(app: SocketAddr) -> std::io::Result<TcpStream> {
+    if !app.is_ipv4() {
+        return TcpStream::connect(app).await;
+    }
+    let socket = TcpSocket::new_v4()?;
+    socket.bind((SOURCE_ADDRESS, 0).into())?;
+    socket.connect(app).await
+}
 
 /// Canary settings.
 #[derive(Debug, Clone)]
@@ -192,7 +210,7 @@ async fn probe(
 ) -> std::io::Result<()> {
     let reader = match conn {
         Some(r) => r,
-        None => conn.insert(BufReader::new(TcpStream::connect(cfg.app).await?)),
+        None => conn.insert(BufReader::new(connect(cfg.app).await?)),
     };
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: apiworkload-canary\r\n{}\r\n",

@@ -27,6 +27,8 @@ pub type ConnKey = (SocketAddr, SocketAddr);
 ///
 /// - Only sockets of the app's UID count (`is_app`), except TIME_WAIT rows, which
 ///   belong to no process (the kernel shows UID 0).
+/// - Connections from the sidecar's canaries ([`crate::canary::SOURCE_ADDRESS`]) are
+///   not the app's, in any state.
 /// - Outbound excludes the server side of any listening port in the namespace (another
 ///   server's accepted connections are not the app's calls), the client side of
 ///   connections to the app itself, and the sidecar's own port.
@@ -42,6 +44,7 @@ pub fn classify(
         .map(|r| r.local.port())
         .collect();
     rows.into_iter()
+        .filter(|r| !from_canary(r.remote))
         .filter(|r| r.state == TcpState::TimeWait || is_app(r.uid))
         .filter(|r| {
             r.local.port() == app_port
@@ -50,6 +53,19 @@ pub fn classify(
                     || r.remote.port() == sidecar_port)
         })
         .partition(|r| r.local.port() == app_port)
+}
+
+/// Whether `peer` is a canary's address (also as an IPv4-mapped IPv6 address, where the
+/// app listens on `::`).
+fn from_canary(peer: SocketAddr) -> bool {
+    let ip = match peer.ip() {
+        std::net::IpAddr::V4(v4) => v4,
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4,
+            None => return false,
+        },
+    };
+    ip == crate::canary::SOURCE_ADDRESS
 }
 
 /// Counts outbound connections opened and closed across samples.
@@ -356,6 +372,15 @@ mod tests {
     }
 
     #[test]
+    fn canary_addresses_are_recognised_in_both_families() {
+        let v4: SocketAddr = (crate::canary::SOURCE_ADDRESS, 50000).into();
+        let mapped: SocketAddr = (crate::canary::SOURCE_ADDRESS.to_ipv6_mapped(), 50000).into();
+        assert!(from_canary(v4) && from_canary(mapped));
+        assert!(!from_canary(([127, 0, 0, 1], 50000).into()));
+        assert!(!from_canary((std::net::Ipv6Addr::LOCALHOST, 50000).into()));
+    }
+
+    #[test]
     fn a_pooled_connection_is_one_open() {
         let t0 = Instant::now();
         let mut t = OutboundTracker::default();
@@ -370,6 +395,10 @@ mod tests {
     #[test]
     fn classify_keeps_the_apps_calls_and_its_servers_side() {
         let uid = |r: TcpRow, uid| TcpRow { uid, ..r };
+        let from_canary = |r: TcpRow| TcpRow {
+            remote: (crate::canary::SOURCE_ADDRESS, r.remote.port()).into(),
+            ..r
+        };
         let rows = vec![
             // The app's listener and an accepted connection: inbound.
             uid(row(8000, 0, TcpState::Listen), 10001),
@@ -383,6 +412,9 @@ mod tests {
             // The sidecar's own sockets (another UID) and a client scraping it.
             uid(row(40003, 8000, TcpState::Established), 10002),
             uid(row(40004, 9901, TcpState::Established), 10001),
+            // The server side of the canaries' connections, open and after the close.
+            from_canary(uid(row(8000, 50003, TcpState::Established), 10001)),
+            from_canary(uid(row(8000, 50004, TcpState::TimeWait), 0)),
         ];
         let (inbound, outbound) = classify(rows, 8000, 9901, |u| u == 10001);
         let ports = |rows: &[TcpRow]| -> Vec<(u16, u16)> {

@@ -88,7 +88,7 @@ fn request_on(conn: &mut Option<TcpStream>, addr: std::net::SocketAddr) -> bool 
             s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
             s
         });
-        if let Some(()) = exchange(stream) {
+        if let Some(()) = exchange(stream, "/healthz") {
             return reconnected || attempt > 0;
         }
         *conn = None; // closed by the server while idle: a new connection, as a pool would
@@ -96,9 +96,8 @@ fn request_on(conn: &mut Option<TcpStream>, addr: std::net::SocketAddr) -> bool 
     panic!("the app did not answer on a fresh connection");
 }
 
-fn exchange(s: &mut TcpStream) -> Option<()> {
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: app\r\n\r\n")
-        .ok()?;
+fn exchange(s: &mut TcpStream, path: &str) -> Option<()> {
+    write!(s, "GET {path} HTTP/1.1\r\nHost: app\r\n\r\n").ok()?;
     let mut reader = BufReader::new(s.try_clone().ok()?);
     let mut length = 0;
     loop {
@@ -138,6 +137,66 @@ fn pooled_client_with_idle(
     // Held until the server's keep-alive has closed the last ones too (a pool would).
     std::thread::sleep(idle);
     renewed - connections
+}
+
+/// The sidecar's own fresh-connection canary (`Connection: close`) waits out a stall in
+/// the accept queue, is sampled open, and is then closed by the server: that is the
+/// sidecar's connection, not a keep-alive close of the app's clients. Counted as one, it
+/// read `KeepAliveChurn` on plain uvicorn during stalls, advising a longer keep-alive
+/// for a blocked loop (#20, item 1). Here 6 stalls of 1.5 s, each on a connection the
+/// client keeps 0.4 s after its response (so every one is sampled) and then closes: the
+/// sidecar sees those 6 connections, closed by the client, and none of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sidecars_own_canary_connections_are_not_the_apps() {
+    let _turn = BINARY_TESTS.lock().await;
+    let app = tokio::task::spawn_blocking(|| app_with_keep_alive(75))
+        .await
+        .unwrap();
+    let sidecar = sidecar_for(&app);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let addr = app.addr;
+    tokio::task::spawn_blocking(move || {
+        for _ in 0..6 {
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            exchange(&mut s, "/block?seconds=1.5").expect("the stalling request is answered");
+            std::thread::sleep(Duration::from_millis(400));
+            drop(s);
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let closed = |closer: &str| {
+        sidecar.metric(&format!(
+            "apiworkload_sidecar_tcp_inbound_connections_closed_total{{closer=\"{closer}\"}}"
+        ))
+    };
+    let stalled =
+        sidecar.metric(r#"apiworkload_sidecar_event_loop_stall_seconds_total{source="canary"}"#);
+    let seen = (
+        sidecar.metric("apiworkload_sidecar_tcp_inbound_connections_opened_total"),
+        closed("client"),
+        closed("server_idle"),
+        closed("server"),
+    );
+    let condition = sidecar.condition("connections");
+    assert!(
+        stalled.is_some_and(|s| s > 4.0),
+        "the 6 stalls of 1.5 s were seen: {stalled:?} s"
+    );
+    assert_eq!(
+        seen,
+        (Some(6.0), Some(6.0), Some(0.0), Some(0.0)),
+        "(opened, closed by client, by server after idle, by server early): only the client's 6"
+    );
+    assert_eq!(
+        condition.as_ref().map(|c| c.0),
+        Some(true),
+        "{condition:?}: {:#}",
+        sidecar.report().unwrap_or_default()
+    );
 }
 
 fn app_with_keep_alive(seconds: u32) -> PythonServer {
