@@ -25,6 +25,12 @@ pub const CONDITION_PREFIX: &str = "apiworkload.io/";
 /// (`sidecar/python/apiworkload_heartbeat.py` sends to the same address by default).
 pub const DEFAULT_HEARTBEAT_LISTEN: &str = "127.0.0.1:9902";
 
+/// The sidecar's in-flight requests metrics, which the operator's autoscaler queries:
+/// the latest sample (a gauge) and its time integral, whose `rate()` over a window is
+/// the average number of requests in flight.
+pub const INFLIGHT_GAUGE: &str = "apiworkload_sidecar_inflight_requests";
+pub const INFLIGHT_SECONDS: &str = "apiworkload_sidecar_inflight_request_seconds_total";
+
 /// The conditions the sidecar writes on its own pod, which the operator rolls up into
 /// the ApiWorkload's conditions of the same type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

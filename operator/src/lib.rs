@@ -14,6 +14,7 @@ pub mod controller;
 pub mod leader;
 pub mod log;
 pub mod metrics;
+pub mod overload;
 pub mod plan;
 pub mod render;
 pub mod report;

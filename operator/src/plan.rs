@@ -9,8 +9,9 @@ use apiworkload_contract::SidecarArgs;
 
 use crate::{
     api::rules::DERIVED_FLAGS,
-    api::{ApiWorkloadSpec, ServerKind, UpstreamKind, bounds, quantity::parse_quantity},
+    api::{ApiWorkloadSpec, Profile, ServerKind, UpstreamKind, bounds, quantity::parse_quantity},
     budget::{Budget, Violation, budget_for, upstream_profile},
+    overload::{Overload, overload},
     render::deployment::APP_UID,
     sizing::{Sizing, size_workers},
 };
@@ -18,7 +19,7 @@ use crate::{
 /// Names the operator sets in the app container's environment.
 pub const OWNED_ENV: &[&str] = &["WEB_CONCURRENCY", "PYTHON_CPU_COUNT"];
 /// Volume and mount names the operator owns.
-pub const RESERVED_VOLUMES: &[&str] = &["tmp"];
+pub const RESERVED_VOLUMES: &[&str] = &["tmp", crate::render::worker_class::VOLUME];
 
 /// Everything derived from a spec.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,17 +28,22 @@ pub struct Plan {
     pub budget: Budget,
     /// Concurrent requests one worker is expected to handle (autoscaling capacity).
     pub per_worker_concurrency: i32,
+    /// Requests a worker takes on before shedding, and the backlog.
+    pub overload: Overload,
     /// The sidecar's flags (rendered only when diagnostics are enabled).
     pub sidecar: SidecarArgs,
     pub warnings: Vec<String>,
 }
 
-/// Default concurrency per worker for the in-flight autoscaling target.
-pub fn default_concurrency(server: ServerKind, threads: i32) -> i32 {
-    match server {
-        ServerKind::GunicornSync => 1,
-        ServerKind::GunicornGthread => threads.max(1),
-        _ => 10,
+/// Default concurrency per worker for the in-flight autoscaling target: an async
+/// worker waits on many I/O-bound requests at once, but CPU-bound ones only slow each
+/// other down.
+pub fn default_concurrency(server: ServerKind, profile: Profile, threads: i32) -> i32 {
+    match (server, profile) {
+        (ServerKind::GunicornSync, _) => 1,
+        (ServerKind::GunicornGthread, _) => threads.max(1),
+        (_, Profile::CpuBound) => 2,
+        (_, Profile::IoBound) => 10,
     }
 }
 
@@ -77,11 +83,18 @@ pub fn plan(spec: &ApiWorkloadSpec) -> Result<Plan, Vec<Violation>> {
     let per_worker_concurrency = spec
         .scaling
         .per_worker_concurrency
-        .unwrap_or_else(|| default_concurrency(spec.server, sizing.threads));
+        .unwrap_or_else(|| default_concurrency(spec.server, spec.profile, sizing.threads));
+    let overload = overload(spec, sizing.workers, per_worker_concurrency);
+    if let Some(limit) = overload.limit.filter(|l| *l < per_worker_concurrency) {
+        warnings.push(format!(
+            "spec.concurrency.limit ({limit}) is below scaling.perWorkerConcurrency ({per_worker_concurrency}): a worker refuses requests before the autoscaler sees it busy, so it never scales on in-flight requests; raise the limit or lower perWorkerConcurrency"
+        ));
+    }
     Ok(Plan {
         sizing,
         budget,
         per_worker_concurrency,
+        overload,
         sidecar,
         warnings,
     })
@@ -157,7 +170,7 @@ fn passthrough_conflicts(spec: &ApiWorkloadSpec) -> Vec<Violation> {
         if RESERVED_VOLUMES.contains(&v.name.as_str()) {
             out.push(Violation {
                 reason: "ReservedVolumeName",
-                message: format!("spec.volumes[{}]: the name is reserved for the in-memory /tmp; rename the volume", v.name),
+                message: format!("spec.volumes[{}]: the name is reserved for the operator's volumes ({}); rename the volume", v.name, RESERVED_VOLUMES.join(", ")),
             });
         }
         if !seen.insert(v.name.as_str()) {
@@ -176,6 +189,12 @@ fn passthrough_conflicts(spec: &ApiWorkloadSpec) -> Vec<Violation> {
             out.push(Violation {
                 reason: "ReservedMountPath",
                 message: "spec.volumeMounts: /tmp is the operator's in-memory volume (needed with a read-only root filesystem); mount elsewhere".into(),
+            });
+        }
+        if m.mount_path.trim_end_matches('/') == crate::render::worker_class::PYTHON_DIR {
+            out.push(Violation {
+                reason: "ReservedMountPath",
+                message: format!("spec.volumeMounts: {} holds the operator's uvicorn worker class; mount elsewhere", crate::render::worker_class::PYTHON_DIR),
             });
         }
         if !mounts.insert(m.mount_path.as_str()) {

@@ -192,6 +192,8 @@ pub fn status_from_plan(server: ServerKind, plan: &Plan, rendered: &Rendered) ->
             pre_stop_sleep: b.drain.to_string(),
             termination_grace_period: b.termination_grace_period.to_string(),
             startup_budget: b.startup.to_string(),
+            concurrency_limit: plan.overload.describe(server),
+            backlog: Some(plan.overload.backlog),
         }),
         command: Some(display_command(&rendered.command)),
         autoscaler: Some(rendered.autoscaler.kind().into()),

@@ -130,8 +130,16 @@ async fn example_workload_converges_in_a_restricted_namespace() {
             "gunicorn",
             "app.main:app",
             "--worker-class",
-            "uvicorn_worker.UvicornWorker"
+            "apiworkload_uvicorn_worker.UvicornWorker"
         ]
+    );
+    assert_eq!(
+        (
+            flag(&command, "--worker-connections").as_deref(),
+            flag(&command, "--pythonpath").as_deref()
+        ),
+        (Some("100"), Some("/etc/apiworkload/python")),
+        "the concurrency limit, through the operator's worker class"
     );
     assert_eq!(
         flag(&command, "--workers").as_deref(),

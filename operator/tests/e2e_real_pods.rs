@@ -59,6 +59,7 @@ async fn the_chart_and_the_readme_example_run_on_real_pods() {
         workers_follow_the_cpu_limit(&cluster, &node),
         a_rollout_drops_no_request(&cluster, &node),
         probes_do_their_job(&cluster, &node),
+        overload_is_refused_not_queued(&cluster, &node),
     );
     eprintln!("real-pod scenarios done in {:?}", started.elapsed());
 }
@@ -275,6 +276,72 @@ async fn a_stall_is_diagnosed_inside_the_pod(cluster: &Cluster, node: &RealNode)
     );
 }
 
+/// Overload is refused, not queued: a gunicorn-uvicorn pod (the operator's worker class,
+/// read from the downward API file the pod's annotation becomes) with
+/// `concurrency.limit: 3` holds two slow requests and answers a third at once with a
+/// 503 (uvicorn counts the new request's own connection), then serves again.
+async fn overload_is_refused_not_queued(cluster: &Cluster, node: &RealNode) {
+    let ns = node.namespace(cluster, "overload").await;
+    apply_workload(
+        cluster,
+        &ns,
+        "shed",
+        json!({"workers": {"count": 1}, "concurrency": {"limit": 3},
+               // No canary connection in the count.
+               "diagnostics": {"enabled": false}}),
+    );
+    wait_ready(cluster, &ns, "shed").await;
+    let address = service_address(cluster, &ns, "shed").await;
+    let get = |path: &str| {
+        let url = format!("http://{address}{path}");
+        let curl = node.command(&[
+            "curl",
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "20",
+            &url,
+        ]);
+        let mut curl = tokio::process::Command::from(curl);
+        async move {
+            let t = Instant::now();
+            let out = curl.output().await.unwrap();
+            (
+                String::from_utf8_lossy(&out.stdout).to_string(),
+                t.elapsed(),
+            )
+        }
+    };
+    // Ready pods are not yet reachable through the Service until kube-proxy has its
+    // endpoints (seen: the first request refused at the TCP level, "000").
+    poll_until(READY_WITHIN, "shed reachable through its Service", || async {
+        (get("/healthz").await.0 == "200").then_some(())
+    })
+    .await;
+    let first = tokio::spawn(get("/sleep?seconds=6"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = tokio::spawn(get("/sleep?seconds=6"));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (refused, took) = get("/healthz").await;
+    let (first, second) = (first.await.unwrap(), second.await.unwrap());
+    let (after, _) = get("/healthz").await;
+    eprintln!("overload: a third request refused in {took:?}");
+    assert_eq!(
+        [
+            first.0.as_str(),
+            second.0.as_str(),
+            refused.as_str(),
+            after.as_str()
+        ],
+        ["200", "200", "503", "200"],
+        "two slow requests served, the third refused, then served again"
+    );
+    assert!(took < Duration::from_secs(1), "refused at once: {took:?}");
+}
+
 /// `resources.limits.cpu` 1 → 2 rolls out pods whose server runs the new worker count,
 /// counted in the running container, not read from the spec.
 async fn workers_follow_the_cpu_limit(cluster: &Cluster, node: &RealNode) {
@@ -380,12 +447,21 @@ async fn a_rollout_drops_no_request(cluster: &Cluster, node: &RealNode) {
     let loads = tokio::spawn(futures::future::join_all(loads));
     tokio::time::sleep(Duration::from_secs(3)).await;
 
-    // A spec edit that changes the pod template: a rolling update of both.
+    // A spec edit that changes the pod template: a rolling update of both. Waited for
+    // from the Deployment's next generation: right after the apply, the operator has not
+    // written it yet and the old one reads as rolled out (seen: "done" in 262 ms).
     let t = Instant::now();
+    let mut generations = Vec::new();
     for (name, timeouts) in &budgets {
+        generations.push(deployment_of(cluster, &ns, name).await.metadata.generation);
         workload(name, "100Mi", timeouts);
     }
-    for (name, _) in &budgets {
+    for ((name, _), before) in budgets.iter().zip(generations) {
+        poll_until(READY_WITHIN, &format!("{name}'s new template"), || async {
+            let now = deployment_of(cluster, &ns, name).await.metadata.generation;
+            (now > before).then_some(())
+        })
+        .await;
         wait_rolled_out(cluster, &ns, name).await;
     }
     eprintln!("both rollouts done (old pods gone) in {:?}", t.elapsed());

@@ -13,6 +13,7 @@ pub mod config;
 pub mod dns;
 pub mod evaluate;
 pub mod heartbeat;
+pub mod inflight;
 pub mod metrics;
 pub mod podstatus;
 pub mod procnet;

@@ -75,6 +75,10 @@ async fn main() -> anyhow::Result<()> {
         watch::heartbeat::watch(config.clone(), metrics.clone(), evidence.clone()),
     ));
     tasks.spawn(named(
+        "in-flight requests",
+        watch::inflight::watch(config.clone(), metrics.clone()),
+    ));
+    tasks.spawn(named(
         "socket watcher",
         watch::connections::watch(config.clone(), metrics.clone(), evidence.clone()),
     ));

@@ -58,8 +58,21 @@ pub struct TcpRow {
     pub uid: u32,
     /// 0 for a connection still waiting in the accept queue.
     pub inode: u64,
-    /// Time since data last arrived (tcp_info; sock_diag only).
-    pub last_data_recv: Option<std::time::Duration>,
+    /// What `tcp_info` says (sock_diag only).
+    pub tcp_info: Option<TcpInfo>,
+}
+
+/// The fields of the kernel's `struct tcp_info` the sidecar reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TcpInfo {
+    /// Time since data was last sent (kernel ticks: 1–10 ms resolution).
+    pub last_data_sent: std::time::Duration,
+    /// Time since data last arrived.
+    pub last_data_recv: std::time::Duration,
+    /// Bytes received over the connection's life (Linux ≥ 4.1).
+    pub bytes_received: Option<u64>,
+    /// Segments carrying data sent (Linux ≥ 4.6).
+    pub data_segs_out: Option<u32>,
 }
 
 /// Why a row could not be read.
@@ -104,7 +117,7 @@ fn parse_row(line: &str) -> Result<TcpRow, RowError> {
         rx_queue: u32::from_str_radix(rx, 16).map_err(|_| err())?,
         uid: f[7].parse().map_err(|_| err())?,
         inode: f[9].parse().map_err(|_| err())?,
-        last_data_recv: None,
+        tcp_info: None,
     })
 }
 

@@ -19,17 +19,38 @@ use netlink_packet_sock_diag::{
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
 
-use crate::procnet::{TcpRow, TcpState};
+use crate::procnet::{TcpInfo, TcpRow, TcpState};
 
-/// Offset of `tcpi_last_data_recv` (u32, milliseconds) in `struct tcp_info`; stable
-/// since Linux 2.6.
+/// Offsets in `struct tcp_info` (include/uapi/linux/tcp.h; fields are only ever
+/// appended): `tcpi_last_data_sent` and `tcpi_last_data_recv` (u32 ms, Linux 2.6),
+/// `tcpi_bytes_received` (u64, 4.1), `tcpi_data_segs_out` (u32, 4.6).
+const LAST_DATA_SENT_OFFSET: usize = 44;
 const LAST_DATA_RECV_OFFSET: usize = 52;
+const BYTES_RECEIVED_OFFSET: usize = 128;
+const DATA_SEGS_OUT_OFFSET: usize = 156;
 
-/// `tcpi_last_data_recv`, if the attribute is long enough to hold it.
-pub fn last_data_recv(tcp_info: &[u8]) -> Option<Duration> {
-    let bytes = tcp_info.get(LAST_DATA_RECV_OFFSET..LAST_DATA_RECV_OFFSET + 4)?;
-    let ms = u32::from_ne_bytes(bytes.try_into().ok()?);
-    Some(Duration::from_millis(u64::from(ms)))
+fn u32_at(bytes: &[u8], offset: usize) -> Option<u32> {
+    Some(u32::from_ne_bytes(
+        bytes.get(offset..offset + 4)?.try_into().ok()?,
+    ))
+}
+
+fn u64_at(bytes: &[u8], offset: usize) -> Option<u64> {
+    Some(u64::from_ne_bytes(
+        bytes.get(offset..offset + 8)?.try_into().ok()?,
+    ))
+}
+
+/// The fields read from a `tcp_info` attribute, if it is long enough to hold the times;
+/// later fields are `None` on kernels whose struct ends before them.
+pub fn tcp_info(bytes: &[u8]) -> Option<TcpInfo> {
+    let ms = |offset| u32_at(bytes, offset).map(|v| Duration::from_millis(u64::from(v)));
+    Some(TcpInfo {
+        last_data_sent: ms(LAST_DATA_SENT_OFFSET)?,
+        last_data_recv: ms(LAST_DATA_RECV_OFFSET)?,
+        bytes_received: u64_at(bytes, BYTES_RECEIVED_OFFSET),
+        data_segs_out: u32_at(bytes, DATA_SEGS_OUT_OFFSET),
+    })
 }
 
 fn row(response: &InetResponse) -> TcpRow {
@@ -47,12 +68,12 @@ fn row(response: &InetResponse) -> TcpRow {
         tx_queue: h.send_queue,
         uid: h.uid,
         inode: u64::from(h.inode),
-        last_data_recv: tcp_info.and_then(last_data_recv),
+        tcp_info: tcp_info.and_then(self::tcp_info),
     }
 }
 
-/// One dump request per address family, all states, with `tcp_info`.
-fn request(family: u8) -> Vec<u8> {
+/// One dump request per address family, for `states`, with `tcp_info`.
+fn request(family: u8, states: StateFlags) -> Vec<u8> {
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | NLM_F_DUMP;
     let mut packet = NetlinkMessage::new(
@@ -61,7 +82,7 @@ fn request(family: u8) -> Vec<u8> {
             family,
             protocol: IPPROTO_TCP,
             extensions: ExtensionFlags::INFO,
-            states: StateFlags::all(),
+            states,
             socket_id: if family == AF_INET {
                 SocketId::new_v4()
             } else {
@@ -96,9 +117,14 @@ impl SockDiag {
 
     /// Every TCP socket of the network namespace (IPv4 and IPv6).
     pub fn dump(&mut self) -> std::io::Result<Vec<TcpRow>> {
+        self.dump_states(StateFlags::all())
+    }
+
+    /// The sockets in `states` (the kernel filters: cheaper than a full dump).
+    pub fn dump_states(&mut self, states: StateFlags) -> std::io::Result<Vec<TcpRow>> {
         let mut rows = Vec::new();
         for family in [AF_INET, AF_INET6] {
-            self.socket.send(&request(family), 0)?;
+            self.socket.send(&request(family, states.clone()), 0)?;
             self.receive(&mut rows)?;
         }
         Ok(rows)
@@ -136,15 +162,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn last_data_recv_is_read_by_offset_with_a_length_check() {
-        let mut info = vec![0u8; 104];
+    fn tcp_info_is_read_by_offset_with_length_checks() {
+        let mut info = vec![0u8; 160];
+        info[44..48].copy_from_slice(&20u32.to_ne_bytes());
         info[52..56].copy_from_slice(&1500u32.to_ne_bytes());
-        assert_eq!(last_data_recv(&info), Some(Duration::from_millis(1500)));
+        info[128..136].copy_from_slice(&18u64.to_ne_bytes());
+        info[156..160].copy_from_slice(&3u32.to_ne_bytes());
+        let read = tcp_info(&info).unwrap();
         assert_eq!(
-            last_data_recv(&info[..55]),
-            None,
-            "a short struct is no error"
+            (
+                read.last_data_sent,
+                read.last_data_recv,
+                read.bytes_received,
+                read.data_segs_out
+            ),
+            (
+                Duration::from_millis(20),
+                Duration::from_millis(1500),
+                Some(18),
+                Some(3)
+            )
         );
+        // A kernel before 4.6 (struct ends earlier): the times, without the counters.
+        let old = tcp_info(&info[..104]).unwrap();
+        assert_eq!((old.bytes_received, old.data_segs_out), (None, None));
+        assert_eq!(tcp_info(&info[..55]), None, "a short struct is no error");
     }
 
     /// The real kernel: a listener and an accepted connection with unread bytes are
@@ -169,10 +211,16 @@ mod tests {
             .find(|r| r.local.port() == port && r.state == TcpState::Established)
             .expect("the accepted connection");
         assert_eq!(server.rx_queue, 18, "unread request bytes");
-        let waited = server.last_data_recv.expect("tcp_info");
+        let info = server.tcp_info.expect("tcp_info");
+        let waited = info.last_data_recv;
         assert!(
             waited >= Duration::from_millis(250) && waited < Duration::from_secs(5),
             "{waited:?}"
+        );
+        // The offsets of this kernel's struct: 18 bytes in, nothing sent yet.
+        assert_eq!(
+            (info.bytes_received, info.data_segs_out),
+            (Some(18), Some(0))
         );
         // The same socket, as /proc/net/tcp shows it.
         let proc_rows =
@@ -184,6 +232,27 @@ mod tests {
         assert_eq!(
             (same.state, same.rx_queue, same.uid, same.inode),
             (server.state, server.rx_queue, server.uid, server.inode)
+        );
+        // Answered: one data segment out, sent after the request arrived.
+        use std::io::Read;
+        let mut request = [0u8; 18];
+        let mut accepted = _server;
+        accepted.read_exact(&mut request).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        accepted
+            .write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let rows = SockDiag::open().unwrap().dump().unwrap();
+        let answered = rows
+            .iter()
+            .find(|r| r.local == server.local && r.remote == server.remote)
+            .and_then(|r| r.tcp_info)
+            .unwrap();
+        assert_eq!(answered.data_segs_out, Some(1));
+        assert!(
+            answered.last_data_sent < answered.last_data_recv,
+            "{answered:?}"
         );
     }
 }

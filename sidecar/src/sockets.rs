@@ -55,6 +55,16 @@ pub fn classify(
         .partition(|r| r.local.port() == app_port)
 }
 
+/// Which UIDs are the app's: `--app-uid` when given, else every UID but the sidecar's.
+pub fn app_uid_filter(app_uid: Option<u32>) -> impl Fn(u32) -> bool + Clone {
+    use std::os::unix::fs::MetadataExt;
+    let own_uid = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
+    move |uid| match app_uid {
+        Some(app) => uid == app,
+        None => Some(uid) != own_uid,
+    }
+}
+
 /// Whether `peer` is a canary's address (also as an IPv4-mapped IPv6 address, where the
 /// app listens on `::`).
 fn from_canary(peer: SocketAddr) -> bool {
@@ -297,7 +307,7 @@ impl InboundTracker {
                 // Seen unread across samples, or (sock_diag) since the bytes arrived.
                 let age = now
                     .duration_since(since)
-                    .max(row.last_data_recv.unwrap_or_default());
+                    .max(row.tcp_info.map(|i| i.last_data_recv).unwrap_or_default());
                 sample.unread_connections += 1;
                 sample.unread_max_age_seconds =
                     sample.unread_max_age_seconds.max(age.as_secs_f64());
@@ -332,7 +342,7 @@ mod tests {
             tx_queue: 0,
             uid: 10001,
             inode: 1,
-            last_data_recv: None,
+            tcp_info: None,
         }
     }
 

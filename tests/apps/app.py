@@ -4,10 +4,14 @@
 - GET /block?seconds=S: an async handler that calls time.sleep, freezing the event loop.
 - GET /cpu?seconds=S: an async handler that burns CPU for S seconds.
 - POST /parse: parses a JSON body in the handler (large bodies stall the loop).
+- GET /sleep?seconds=S: an async handler that awaits S seconds (I/O-bound work).
+- GET /inflight: the app's own exact count of requests in flight, and its time
+  integral (what the sidecar's in-flight measurement is compared with).
 
 STARTUP_DELAY_SECONDS in the environment delays the import (a slow-starting app).
 """
 
+import asyncio
 import json
 import os
 import sys
@@ -31,21 +35,63 @@ async def lifespan(app):
     yield
 
 
-app = FastAPI(lifespan=lifespan)
+api = FastAPI(lifespan=lifespan)
 
 
-@app.get("/healthz")
+class InFlight:
+    """Pure ASGI middleware: requests in flight in this process, from the moment the
+    server hands a request to the app until its last response bytes are handed back,
+    and the exact time integral of that count."""
+
+    def __init__(self, app):
+        self.app = app
+        self.current = 0
+        self.integral = 0.0
+        self.changed = time.monotonic()
+
+    def _move(self, delta):
+        now = time.monotonic()
+        self.integral += self.current * (now - self.changed)
+        self.changed = now
+        self.current += delta
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        self._move(+1)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self._move(-1)
+
+    def snapshot(self):
+        self._move(0)
+        return {"current": self.current, "integral_seconds": self.integral}
+
+
+@api.get("/inflight")
+async def inflight_stats():
+    return app.snapshot()
+
+
+@api.get("/sleep")
+async def sleep(seconds: float = 0.1):
+    await asyncio.sleep(seconds)
+    return {"slept": seconds}
+
+
+@api.get("/healthz")
 async def healthz():
     return {"ok": True}
 
 
-@app.get("/block")
+@api.get("/block")
 async def block(seconds: float = 1.0):
     time.sleep(seconds)  # the bug under test: blocking call in async code
     return {"blocked": seconds}
 
 
-@app.get("/cpu")
+@api.get("/cpu")
 async def cpu(seconds: float = 1.0):
     end = time.perf_counter() + seconds
     n = 0
@@ -54,7 +100,7 @@ async def cpu(seconds: float = 1.0):
     return {"iterations": n}
 
 
-@app.post("/parse")
+@api.post("/parse")
 async def parse(request: Request):
     body = await request.body()
     started = time.perf_counter()
@@ -71,7 +117,7 @@ import httpx  # noqa: E402
 _shared_client = httpx.AsyncClient()
 
 
-@app.get("/outbound")
+@api.get("/outbound")
 async def outbound(url: str, n: int = 1, pooled: bool = True):
     for _ in range(n):
         if pooled:
@@ -80,3 +126,7 @@ async def outbound(url: str, n: int = 1, pooled: bool = True):
             async with httpx.AsyncClient() as client:
                 await client.get(url)
     return {"calls": n, "pooled": pooled}
+
+
+# What servers run (`app:app`): the API behind the in-flight counter.
+app = InFlight(api)

@@ -139,6 +139,18 @@ pub fn field_bounds() -> Vec<FieldBound> {
             "the requests one worker serves well at once",
         ),
         field(
+            "concurrency.limit",
+            i(0, 100_000),
+            "100",
+            "requests one worker takes on before the excess is refused; 0 means no limit",
+        ),
+        field(
+            "concurrency.backlog",
+            i(16, 65_535),
+            "512",
+            "connections waiting to be accepted; the kernel caps it at net.core.somaxconn anyway",
+        ),
+        field(
             "dns.ndots",
             i(1, 15),
             "2",

@@ -61,8 +61,9 @@ pub struct ApiWorkloadSpec {
     )]
     pub app: String,
 
-    /// Which server runs the app. `gunicorn-uvicorn`: gunicorn supervising
-    /// `uvicorn_worker.UvicornWorker` (ASGI, multi-process). `uvicorn`: one uvicorn process
+    /// Which server runs the app. `gunicorn-uvicorn`: gunicorn supervising uvicorn
+    /// workers (ASGI, multi-process; the operator's subclass of
+    /// `uvicorn_worker.UvicornWorker`, which applies `concurrency.limit`). `uvicorn`: one uvicorn process
     /// per pod (scale with replicas) unless `workers.count` asks for uvicorn's own
     /// supervisor. `gunicorn-sync`/`gunicorn-gthread`: WSGI. `granian`, `hypercorn`: ASGI.
     #[serde(default)]
@@ -110,6 +111,11 @@ pub struct ApiWorkloadSpec {
     /// Replica bounds and the autoscaling signal.
     #[serde(default)]
     pub scaling: Scaling,
+
+    /// Overload protection: requests one worker takes on before the excess gets a fast
+    /// 503 (or waits in the backlog, where the server cannot refuse), and the backlog.
+    #[serde(default)]
+    pub concurrency: Concurrency,
 
     /// Pod DNS settings and names for the diagnostics sidecar to probe.
     #[serde(default)]
@@ -465,14 +471,16 @@ pub struct Scaling {
     #[schemars(range(min = 0.05, max = 1.0))]
     pub target: f64,
     /// Concurrent requests one worker handles well (default: 1 for gunicorn-sync,
-    /// threads for gunicorn-gthread, 10 for async servers).
+    /// threads for gunicorn-gthread, 10 for async servers, 2 when `cpu-bound`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 10000))]
     pub per_worker_concurrency: Option<i32>,
-    /// Name of the app's in-flight requests gauge.
-    #[serde(default = "default_inflight_metric")]
+    /// Name of the app's own in-flight requests gauge. Unset: the diagnostics sidecar
+    /// measures in-flight requests from the socket table (no app change; averaged
+    /// over 1 min), or, with diagnostics off, `http_requests_inprogress`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 200), pattern(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$"))]
-    pub inflight_metric: String,
+    pub inflight_metric: Option<String>,
     /// PromQL for `metric: custom` returning one value for this workload.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 4096))]
@@ -495,7 +503,7 @@ impl Default for Scaling {
             metric: ScalingMetric::default(),
             target: default_target(),
             per_worker_concurrency: None,
-            inflight_metric: default_inflight_metric(),
+            inflight_metric: None,
             query: None,
             query_target: None,
             request_buffer: false,
@@ -515,8 +523,27 @@ fn default_target() -> f64 {
     0.7
 }
 
-fn default_inflight_metric() -> String {
-    "http_requests_inprogress".into()
+/// Overload protection. Without a limit uvicorn takes every request and the kernel queues
+/// 2048 more connections: under overload every request waits until the balancer times
+/// out. With one, the excess is refused in a millisecond while the autoscaler adds pods.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Concurrency {
+    /// Per worker: uvicorn `--limit-concurrency` (gunicorn-uvicorn: `--worker-connections`
+    /// through the operator's worker class), answering 503 once open connections or
+    /// running requests reach it (the new request's own connection counts: N runs
+    /// N − 1 at once); granian `--backpressure` and gunicorn-gthread
+    /// `--worker-connections`, which stop accepting instead. 0: no limit. Default: 10 ×
+    /// `scaling.perWorkerConcurrency`. Lower bounds latency under overload better but
+    /// refuses bursts below capacity. uvicorn counts idle keep-alive connections too:
+    /// keep it above the balancer's idle connections per worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<i32>,
+    /// Connections the kernel holds for the pod before a worker accepts them
+    /// (`--backlog`). Default: twice what the workers hold at their limit, 64 to 2048
+    /// (granian: at least 128). The kernel caps it at `net.core.somaxconn`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backlog: Option<i32>,
 }
 
 /// Autoscaling signals: `inflight`, `cpu` or `custom`.
@@ -653,7 +680,7 @@ pub struct WorkersStatus {
     pub memory_cap: Option<i32>,
 }
 
-/// Effective timing, as durations (`75s`).
+/// Effective timing, as durations (`75s`), and the overload limits.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EffectiveTimings {
@@ -671,6 +698,12 @@ pub struct EffectiveTimings {
     pub termination_grace_period: String,
     /// Time the startup probe allows before liveness applies.
     pub startup_budget: String,
+    /// Requests one worker takes on, and what happens beyond (`spec.concurrency`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub concurrency_limit: String,
+    /// The listen backlog (`--backlog`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backlog: Option<i32>,
 }
 
 /// Replica counts.

@@ -395,6 +395,19 @@ pub const DERIVED_FLAGS: &[(&[&str], &str)] = &[
         ],
         "spec.recycling",
     ),
+    (
+        &[
+            "--limit-concurrency",
+            "--backpressure",
+            "--worker-connections",
+            "--backlog",
+        ],
+        "spec.concurrency",
+    ),
+    (
+        &["--pythonpath"],
+        "spec.env PYTHONPATH (the operator's --pythonpath carries its uvicorn worker class)",
+    ),
     (&["--worker-tmp-dir"], "the in-memory /tmp (not settable)"),
 ];
 

@@ -101,14 +101,60 @@ fn hpa(aw: &ApiWorkload, metrics: Vec<MetricSpec>) -> HorizontalPodAutoscaler {
     }
 }
 
-/// PromQL for the workload's in-flight requests, scoped to its own pods.
+/// The gauge apps commonly export (prometheus-fastapi-instrumentator), used when the
+/// spec names none and there is no sidecar to measure.
+pub const APP_INFLIGHT_METRIC: &str = "http_requests_inprogress";
+
+/// Where the in-flight signal comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InflightSource {
+    /// The diagnostics sidecar's measurement: no app change.
+    Sidecar,
+    /// A gauge the app exports.
+    App(String),
+}
+
+impl InflightSource {
+    pub fn of(spec: &crate::api::ApiWorkloadSpec) -> InflightSource {
+        match (&spec.scaling.inflight_metric, spec.diagnostics.enabled) {
+            (Some(name), _) => InflightSource::App(name.clone()),
+            (None, true) => InflightSource::Sidecar,
+            (None, false) => InflightSource::App(APP_INFLIGHT_METRIC.into()),
+        }
+    }
+
+    /// The metric name a custom metrics adapter serves for the HPA's Pods metric.
+    pub fn pods_metric(&self) -> &str {
+        match self {
+            InflightSource::Sidecar => apiworkload_contract::INFLIGHT_GAUGE,
+            InflightSource::App(name) => name,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            InflightSource::Sidecar => "in-flight requests measured by the sidecar".into(),
+            InflightSource::App(name) => format!("the app's {name} gauge"),
+        }
+    }
+}
+
+/// PromQL for the workload's in-flight requests, scoped to its own pods. The sidecar's
+/// is the average over the last minute (its time integral's rate), not the last
+/// scraped sample.
 pub fn inflight_query(aw: &ApiWorkload) -> String {
-    format!(
-        "sum({metric}{{namespace=\"{ns}\",pod=~\"{name}-[a-z0-9]+-[a-z0-9]+\"}})",
-        metric = aw.spec.scaling.inflight_metric,
+    let selector = format!(
+        "{{namespace=\"{ns}\",pod=~\"{name}-[a-z0-9]+-[a-z0-9]+\"}}",
         ns = aw.namespace().unwrap_or_default(),
         name = aw.name_any()
-    )
+    );
+    match InflightSource::of(&aw.spec) {
+        InflightSource::Sidecar => format!(
+            "sum(rate({}{selector}[1m]))",
+            apiworkload_contract::INFLIGHT_SECONDS
+        ),
+        InflightSource::App(metric) => format!("sum({metric}{selector})"),
+    }
 }
 
 fn scaled_object(
@@ -163,6 +209,7 @@ pub fn autoscaler(aw: &ApiWorkload, plan: &Plan, ctx: &RenderContext) -> (Autosc
         );
     }
     let per_pod = format_number(inflight_target_per_pod(plan, s.target));
+    let source = InflightSource::of(&aw.spec);
     match (s.metric, ctx.keda_available) {
         (ScalingMetric::Cpu, _) => (
             Autoscaler::Hpa(Box::new(hpa(aw, vec![MetricSpec {
@@ -187,7 +234,10 @@ pub fn autoscaler(aw: &ApiWorkload, plan: &Plan, ctx: &RenderContext) -> (Autosc
             Note {
                 ready: true,
                 reason: "KEDAInflight",
-                message: format!("KEDA ScaledObject on in-flight requests, {per_pod} per pod"),
+                message: format!(
+                    "KEDA ScaledObject on {}, {per_pod} per pod",
+                    source.describe()
+                ),
             },
         ),
         (ScalingMetric::Custom, true) => (
@@ -204,7 +254,7 @@ pub fn autoscaler(aw: &ApiWorkload, plan: &Plan, ctx: &RenderContext) -> (Autosc
                 MetricSpec {
                     type_: "Pods".into(),
                     pods: Some(PodsMetricSource {
-                        metric: MetricIdentifier { name: s.inflight_metric.clone(), selector: None },
+                        metric: MetricIdentifier { name: source.pods_metric().into(), selector: None },
                         target: MetricTarget {
                             type_: "AverageValue".into(),
                             average_value: Some(Quantity(per_pod.clone())),
@@ -219,8 +269,9 @@ pub fn autoscaler(aw: &ApiWorkload, plan: &Plan, ctx: &RenderContext) -> (Autosc
                 ready: true,
                 reason: "KEDANotInstalled",
                 message: format!(
-                    "KEDA is not installed: HPA on the {} pods metric ({per_pod} per pod; needs a custom metrics adapter) with a CPU backstop at {CPU_BACKSTOP_PERCENT}%",
-                    s.inflight_metric
+                    "KEDA is not installed: HPA on the {} pods metric ({}, {per_pod} per pod; needs a custom metrics adapter) with a CPU backstop at {CPU_BACKSTOP_PERCENT}%",
+                    source.pods_metric(),
+                    source.describe()
                 ),
             },
         ),
@@ -253,6 +304,11 @@ mod tests {
         let hs = h.spec.as_ref().unwrap();
         let metrics = hs.metrics.as_ref().unwrap();
         assert_eq!(metrics[0].type_, "Pods");
+        assert_eq!(
+            metrics[0].pods.as_ref().unwrap().metric.name,
+            "apiworkload_sidecar_inflight_requests",
+            "the sidecar measures in-flight requests when the spec names no gauge"
+        );
         // 5 workers × 10 × 0.7
         assert_eq!(
             metrics[0].pods.as_ref().unwrap().target.average_value,
@@ -291,7 +347,26 @@ mod tests {
                 .contains(r#"namespace="prod",pod=~"search-api-"#)
         );
         assert_eq!(so["spec"]["fallback"]["replicas"], 6);
+        assert_eq!(
+            trigger["query"],
+            r#"sum(rate(apiworkload_sidecar_inflight_request_seconds_total{namespace="prod",pod=~"search-api-[a-z0-9]+-[a-z0-9]+"}[1m]))"#
+        );
         assert_eq!(so["metadata"]["ownerReferences"][0]["kind"], "ApiWorkload");
+    }
+
+    #[test]
+    fn the_in_flight_signal_is_the_apps_gauge_when_named_or_without_a_sidecar() {
+        let query = |s| inflight_query(&workload(s));
+        let mut named = spec();
+        named.scaling.inflight_metric = Some("app_inflight".into());
+        assert!(query(named).starts_with("sum(app_inflight{namespace="));
+        let mut no_sidecar = spec();
+        no_sidecar.diagnostics.enabled = false;
+        assert!(query(no_sidecar.clone()).starts_with("sum(http_requests_inprogress{"));
+        assert_eq!(
+            InflightSource::of(&no_sidecar).pods_metric(),
+            APP_INFLIGHT_METRIC
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@
 use crate::{
     api::{ApiWorkloadSpec, ServerKind},
     plan::Plan,
+    render::worker_class,
 };
 
 /// Where gunicorn keeps worker heartbeat files: the in-memory /tmp (a heartbeat file on
@@ -20,13 +21,19 @@ pub fn server_command(spec: &ApiWorkloadSpec, plan: &Plan) -> Vec<String> {
     let secs = |d: crate::api::GoDuration| d.ceil_secs().to_string();
     let bind = format!("0.0.0.0:{}", spec.port);
     let recycling = spec.recycling.as_ref().filter(|r| r.max_requests > 0);
+    let limit = plan.overload.limit.map(|l| l.to_string());
+    let backlog = plan.overload.backlog.to_string();
     let mut argv: Vec<String> = Vec::new();
     let mut push = |args: &[&str]| argv.extend(args.iter().map(|a| a.to_string()));
 
     match spec.server {
         ServerKind::GunicornUvicorn | ServerKind::GunicornSync | ServerKind::GunicornGthread => {
+            let own_class = worker_class::needed(spec.server, plan);
             let worker_class = match spec.server {
-                // uvicorn.workers.UvicornWorker is deprecated; the uvicorn-worker package replaces it.
+                // Ours maps --worker-connections to uvicorn's limit, which the
+                // uvicorn-worker package (uvicorn.workers.UvicornWorker is deprecated)
+                // has no flag for.
+                ServerKind::GunicornUvicorn if own_class => worker_class::WORKER_CLASS,
                 ServerKind::GunicornUvicorn => "uvicorn_worker.UvicornWorker",
                 ServerKind::GunicornGthread => "gthread",
                 _ => "sync",
@@ -39,8 +46,19 @@ pub fn server_command(spec: &ApiWorkloadSpec, plan: &Plan) -> Vec<String> {
                 "--workers",
                 &workers,
             ]);
+            if own_class {
+                push(&["--pythonpath", worker_class::PYTHON_DIR]);
+            }
             if spec.server == ServerKind::GunicornGthread {
                 push(&["--threads", &plan.sizing.threads.to_string()]);
+            }
+            // gthread: connections a worker holds; ours: uvicorn's limit. The sync worker
+            // serves one request at a time whatever it says.
+            if let Some(limit) = limit
+                .as_deref()
+                .filter(|_| spec.server != ServerKind::GunicornSync)
+            {
+                push(&["--worker-connections", limit]);
             }
             push(&[
                 "--bind",
@@ -54,6 +72,8 @@ pub fn server_command(spec: &ApiWorkloadSpec, plan: &Plan) -> Vec<String> {
                 &secs(b.graceful_shutdown),
                 "--worker-tmp-dir",
                 WORKER_TMP_DIR,
+                "--backlog",
+                &backlog,
             ]);
             if let Some(r) = recycling {
                 push(&[
@@ -77,6 +97,10 @@ pub fn server_command(spec: &ApiWorkloadSpec, plan: &Plan) -> Vec<String> {
             if plan.sizing.workers > 1 {
                 push(&["--workers", &workers]);
             }
+            if let Some(limit) = &limit {
+                push(&["--limit-concurrency", limit]);
+            }
+            push(&["--backlog", &backlog]);
             push(&[
                 "--timeout-keep-alive",
                 &secs(b.keep_alive),
@@ -108,8 +132,13 @@ pub fn server_command(spec: &ApiWorkloadSpec, plan: &Plan) -> Vec<String> {
                 &workers,
                 "--workers-kill-timeout",
                 &secs(b.graceful_shutdown),
-                &spec.app,
+                "--backlog",
+                &backlog,
             ]);
+            if let Some(limit) = &limit {
+                push(&["--backpressure", limit]);
+            }
+            push(&[&spec.app]);
         }
         ServerKind::Hypercorn => {
             push(&[
@@ -123,6 +152,8 @@ pub fn server_command(spec: &ApiWorkloadSpec, plan: &Plan) -> Vec<String> {
                 &secs(b.keep_alive),
                 "--graceful-timeout",
                 &secs(b.graceful_shutdown),
+                "--backlog",
+                &backlog,
             ]);
             if let Some(r) = recycling {
                 push(&["--max-requests", &r.max_requests.to_string()]);
@@ -172,9 +203,20 @@ mod tests {
         });
         assert_eq!(
             argv(&s),
-            "gunicorn app.main:app --worker-class uvicorn_worker.UvicornWorker --workers 5 \
+            "gunicorn app.main:app --worker-class apiworkload_uvicorn_worker.UvicornWorker \
+             --workers 5 --pythonpath /etc/apiworkload/python --worker-connections 100 \
              --bind 0.0.0.0:8000 --keep-alive 75 --timeout 30 --graceful-timeout 30 \
-             --worker-tmp-dir /tmp --max-requests 10000 --max-requests-jitter 1000 --access-logfile -"
+             --worker-tmp-dir /tmp --backlog 1000 --max-requests 10000 --max-requests-jitter 1000 \
+             --access-logfile -"
+        );
+        // Without a limit, the package's own worker class and no module to load.
+        s.concurrency.limit = Some(0);
+        assert!(
+            argv(&s).starts_with(
+                "gunicorn app.main:app --worker-class uvicorn_worker.UvicornWorker --workers 5 --bind"
+            ),
+            "{}",
+            argv(&s)
         );
     }
 
@@ -184,7 +226,8 @@ mod tests {
         s.server = ServerKind::Uvicorn;
         assert_eq!(
             argv(&s),
-            "uvicorn app.main:app --host 0.0.0.0 --port 8000 --timeout-keep-alive 5 --timeout-graceful-shutdown 30"
+            "uvicorn app.main:app --host 0.0.0.0 --port 8000 --limit-concurrency 100 --backlog 200 \
+             --timeout-keep-alive 5 --timeout-graceful-shutdown 30"
         );
     }
 

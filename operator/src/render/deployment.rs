@@ -142,6 +142,9 @@ fn app_container(aw: &ApiWorkload, plan: &Plan, command: &[String]) -> Container
         mount_path: "/tmp".into(),
         ..Default::default()
     }];
+    if super::worker_class::needed(spec.server, plan) {
+        mounts.push(super::worker_class::mount());
+    }
     mounts.extend(spec.volume_mounts.iter().cloned());
 
     Container {
@@ -266,6 +269,10 @@ pub fn deployment(
         }),
         ..Default::default()
     }];
+    let own_worker_class = super::worker_class::needed(spec.server, plan);
+    if own_worker_class {
+        volumes.push(super::worker_class::volume());
+    }
     volumes.extend(spec.volumes.iter().cloned());
     let diagnostics = spec.diagnostics.enabled;
     if diagnostics {
@@ -333,10 +340,20 @@ pub fn deployment(
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels(aw)),
-                    annotations: Some(BTreeMap::from([(
-                        "kubectl.kubernetes.io/default-container".to_string(),
-                        APP_CONTAINER.to_string(),
-                    )])),
+                    annotations: Some(
+                        [(
+                            "kubectl.kubernetes.io/default-container".to_string(),
+                            APP_CONTAINER.to_string(),
+                        )]
+                        .into_iter()
+                        .chain(own_worker_class.then(|| {
+                            (
+                                super::worker_class::ANNOTATION.to_string(),
+                                super::worker_class::MODULE_SOURCE.to_string(),
+                            )
+                        }))
+                        .collect(),
+                    ),
                     ..Default::default()
                 }),
                 spec: Some(pod),
@@ -488,6 +505,63 @@ mod tests {
                 .all(|m| m.name != identity::TOKEN_VOLUME),
             "the app, in the same fsGroup, does not mount the token"
         );
+    }
+
+    /// gunicorn-uvicorn loads the operator's worker class from the pod's own annotation,
+    /// written out by the downward API where `--pythonpath` points; other servers and
+    /// an unlimited spec get neither the annotation nor the volume.
+    #[test]
+    fn the_uvicorn_worker_class_travels_in_the_pod_template() {
+        use crate::render::worker_class::{
+            ANNOTATION, MODULE_SOURCE, PYTHON_DIR, VOLUME, WORKER_CLASS,
+        };
+        let annotations = |r: &crate::render::Rendered| {
+            let template = r.deployment.spec.clone().unwrap().template;
+            template.metadata.unwrap().annotations.unwrap()
+        };
+        let r = default_rendered();
+        assert_eq!(annotations(&r)[ANNOTATION], MODULE_SOURCE);
+        let p = pod(&r);
+        let volume = p
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|v| v.name == VOLUME);
+        let items = volume.unwrap().downward_api.clone().unwrap().items.unwrap();
+        assert_eq!(
+            items[0].field_ref.as_ref().unwrap().field_path,
+            format!("metadata.annotations['{ANNOTATION}']")
+        );
+        let app = &p.containers[0];
+        let mounts = app.volume_mounts.as_ref().unwrap();
+        let mount = mounts.iter().find(|m| m.name == VOLUME).unwrap();
+        assert_eq!(
+            (mount.mount_path.as_str(), mount.read_only),
+            (PYTHON_DIR, Some(true))
+        );
+        assert!(
+            app.command
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|a| a == WORKER_CLASS)
+        );
+
+        let mut unlimited = spec();
+        unlimited.concurrency.limit = Some(0);
+        let mut uvicorn = spec();
+        uvicorn.server = ServerKind::Uvicorn;
+        for other in [rendered(unlimited), rendered(uvicorn)] {
+            assert!(!annotations(&other).contains_key(ANNOTATION));
+            assert!(
+                pod(&other)
+                    .volumes
+                    .unwrap()
+                    .iter()
+                    .all(|v| v.name != VOLUME)
+            );
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod command;
 pub mod deployment;
 pub mod identity;
 pub mod service;
+pub mod worker_class;
 
 use std::collections::BTreeMap;
 

@@ -6,11 +6,13 @@ mod conditions;
 mod connections;
 mod dns;
 mod event_loop;
+mod inflight;
 
 pub use conditions::ConditionMetrics;
 pub use connections::{ConnectionMetrics, NETNS_COUNTERS};
 pub use dns::DnsMetrics;
 pub use event_loop::EventLoopMetrics;
+pub use inflight::InflightMetrics;
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -72,6 +74,7 @@ pub struct Metrics {
     pub dns: DnsMetrics,
     pub event_loop: EventLoopMetrics,
     pub connections: ConnectionMetrics,
+    pub inflight: InflightMetrics,
     pub conditions: ConditionMetrics,
     pub own: SelfMetrics,
 }
@@ -83,12 +86,14 @@ impl Metrics {
         let dns = DnsMetrics::register(&mut registry, expansions);
         let event_loop = EventLoopMetrics::register(&mut registry);
         let connections = ConnectionMetrics::register(&mut registry);
+        let inflight = InflightMetrics::register(&mut registry);
         let conditions = ConditionMetrics::register(&mut registry);
         Metrics {
             registry,
             dns,
             event_loop,
             connections,
+            inflight,
             conditions,
             own,
         }
@@ -159,6 +164,22 @@ mod tests {
             r#"apiworkload_sidecar_event_loop_stall_duration_seconds_count{source="canary"} 1"#
         ));
         assert!(text.contains("apiworkload_sidecar_canary_probes_total 10"));
+    }
+
+    #[test]
+    fn in_flight_requests_are_a_gauge_and_a_time_integral() {
+        let m = Metrics::new(&[]);
+        m.inflight.record(4, std::time::Duration::from_millis(250));
+        m.inflight.record(2, std::time::Duration::from_millis(500));
+        let text = m.encode();
+        assert!(
+            text.contains("apiworkload_sidecar_inflight_requests 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("apiworkload_sidecar_inflight_request_seconds_total 2.0\n"),
+            "4 × 0.25 s + 2 × 0.5 s: {text}"
+        );
     }
 
     #[test]

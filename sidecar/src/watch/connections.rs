@@ -84,12 +84,7 @@ impl SocketTable {
 }
 
 pub async fn watch(config: Config, metrics: Arc<Metrics>, evidence: EvidenceSink) {
-    use std::os::unix::fs::MetadataExt;
-    let own_uid = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
-    let is_app = |uid: u32| match config.app.app_uid {
-        Some(app) => uid == app,
-        None => Some(uid) != own_uid,
-    };
+    let is_app = sockets::app_uid_filter(config.app.app_uid);
     let mut table = SocketTable::open(config.socket_source, config.proc_root.clone());
     let mut outbound = OutboundTracker::default();
     let mut inbound = InboundTracker::default();
@@ -111,7 +106,7 @@ pub async fn watch(config: Config, metrics: Arc<Metrics>, evidence: EvidenceSink
         };
         metrics.connections.set_socket_source(source);
         let (to_app, from_app) =
-            sockets::classify(rows, config.app.app_port, config.app.listen.port(), is_app);
+            sockets::classify(rows, config.app.app_port, config.app.listen.port(), &is_app);
         let now = std::time::Instant::now();
         if std::mem::take(&mut first) {
             outbound.baseline(&from_app, now);

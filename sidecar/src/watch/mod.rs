@@ -6,3 +6,4 @@ pub mod connections;
 pub mod dns;
 pub mod event_loop;
 pub mod heartbeat;
+pub mod inflight;

@@ -1,6 +1,102 @@
-//! Helpers shared by the benchmarks: process sampling and summary statistics.
+//! Helpers shared by the benchmarks: process sampling, summary statistics, and Python
+//! servers started from the command the operator renders.
 
-use std::time::Duration;
+use std::{
+    net::SocketAddr,
+    os::unix::process::CommandExt,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use apiworkload_e2e::{http_get, python_venv, repo_root};
+use apiworkload_operator::{
+    api::ApiWorkloadSpec,
+    plan::plan,
+    render::{command::server_command, worker_class},
+};
+
+/// A server and its workers, in their own process group (killed together).
+#[derive(Debug)]
+pub struct Server(pub Child);
+
+impl Server {
+    /// Starts `argv` (its program from the test venv) in tests/apps, on `cpu` when
+    /// given (so the load generator does not take the server's CPU), and waits until
+    /// it answers `/healthz` and its workers are up.
+    pub fn start(argv: &[String], addr: SocketAddr, cpu: Option<usize>) -> anyhow::Result<Server> {
+        let bin = python_venv().join("bin").join(&argv[0]);
+        let mut command = match cpu {
+            Some(cpu) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", &cpu.to_string()]).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        let child = command
+            .args(&argv[1..])
+            .current_dir(repo_root().join("tests/apps"))
+            .process_group(0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("start {}", bin.display()))?;
+        let server = Server(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !http_get(addr, "/healthz").is_some_and(|r| r.ok()) {
+            if Instant::now() > deadline {
+                bail!("{argv:?} did not answer /healthz within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        // Every worker up (gunicorn forks them after the first answers).
+        std::thread::sleep(Duration::from_secs(2));
+        Ok(server)
+    }
+}
+
+impl Drop for Server {
+    #[allow(unsafe_code)] // kill(2) on our own process group
+    fn drop(&mut self) {
+        // SAFETY: signals the process group this struct created.
+        unsafe {
+            libc::kill(-(self.0.id() as i32), libc::SIGKILL);
+        }
+        let _ = self.0.wait();
+    }
+}
+
+/// The command the operator renders for `spec`, made to run here: bound to
+/// 127.0.0.1:`port`, and the operator's uvicorn worker class (a downward API file in a
+/// pod) written where `--pythonpath` then points.
+pub fn rendered_on_loopback(spec: &ApiWorkloadSpec, port: u16) -> anyhow::Result<Vec<String>> {
+    let plan = plan(spec).map_err(|v| anyhow::anyhow!("{v:?}"))?;
+    let python_dir = target_dir().join("bench-python");
+    std::fs::create_dir_all(&python_dir)?;
+    std::fs::write(
+        python_dir.join("apiworkload_uvicorn_worker.py"),
+        worker_class::MODULE_SOURCE,
+    )?;
+    let mut argv = server_command(spec, &plan);
+    for i in 0..argv.len() {
+        let previous = i
+            .checked_sub(1)
+            .map(|p| argv[p].clone())
+            .unwrap_or_default();
+        let a = &mut argv[i];
+        if a.starts_with("0.0.0.0:") || a == "0.0.0.0" && previous == "--bind" {
+            *a = format!("127.0.0.1:{port}");
+        } else if a == "0.0.0.0" {
+            *a = "127.0.0.1".into();
+        } else if previous == "--port" {
+            *a = port.to_string();
+        } else if a == worker_class::PYTHON_DIR {
+            *a = python_dir.display().to_string();
+        }
+    }
+    Ok(argv)
+}
 
 /// The value of `--name N` on the command line, or `default`.
 pub fn arg(name: &str, default: usize) -> usize {

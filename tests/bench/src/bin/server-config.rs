@@ -22,8 +22,6 @@
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
-    os::unix::process::CommandExt,
-    process::{Child, Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -31,50 +29,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, bail};
-use apiworkload_bench::{arg, quantile};
-use apiworkload_e2e::{free_port, http_get, python_venv, repo_root};
-use apiworkload_operator::{api::ApiWorkloadSpec, plan::plan, render::command::server_command};
+use apiworkload_bench::{Server, arg, quantile, rendered_on_loopback};
+use apiworkload_e2e::{free_port, http_get};
+use apiworkload_operator::api::ApiWorkloadSpec;
 use serde_json::json;
-
-/// A server and its workers, in their own process group (killed together).
-struct Server(Child);
-
-impl Server {
-    fn start(argv: &[String], addr: SocketAddr) -> anyhow::Result<Server> {
-        let bin = python_venv().join("bin").join(&argv[0]);
-        let child = Command::new(&bin)
-            .args(&argv[1..])
-            .current_dir(repo_root().join("tests/apps"))
-            .process_group(0)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("start {}", bin.display()))?;
-        let server = Server(child);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !http_get(addr, "/healthz").is_some_and(|r| r.ok()) {
-            if Instant::now() > deadline {
-                bail!("{argv:?} did not answer /healthz within 60 s");
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        // Every worker up (gunicorn forks them after the first answers).
-        std::thread::sleep(Duration::from_secs(2));
-        Ok(server)
-    }
-}
-
-impl Drop for Server {
-    #[allow(unsafe_code)] // kill(2) on our own process group
-    fn drop(&mut self) {
-        // SAFETY: signals the process group this struct created.
-        unsafe {
-            libc::kill(-(self.0.id() as i32), libc::SIGKILL);
-        }
-        let _ = self.0.wait();
-    }
-}
 
 /// One POST on a fresh connection; true on a 200.
 fn post(addr: SocketAddr, path: &str, body: &[u8]) -> bool {
@@ -191,14 +149,7 @@ fn rendered(cpus: usize, profile: &str, port: u16) -> anyhow::Result<Vec<String>
         "resources": {"requests": {"cpu": cpus.to_string(), "memory": "1Gi"},
                       "limits": {"cpu": cpus.to_string(), "memory": "8Gi"}},
     }))?;
-    let plan = plan(&spec).map_err(|v| anyhow::anyhow!("{v:?}"))?;
-    let mut argv = server_command(&spec, &plan);
-    for a in argv.iter_mut() {
-        if a.starts_with("0.0.0.0:") {
-            *a = format!("127.0.0.1:{port}");
-        }
-    }
-    Ok(argv)
+    rendered_on_loopback(&spec, port)
 }
 
 fn with_workers(argv: &[String], workers: usize) -> Vec<String> {
@@ -279,7 +230,7 @@ fn main() -> anyhow::Result<()> {
     for run in 0..runs_each {
         for (i, (name, argv)) in runs.iter().enumerate() {
             eprintln!("run {}/{runs_each} {name}: {}", run + 1, argv.join(" "));
-            let server = Server::start(argv, addr)?;
+            let server = Server::start(argv, addr, None)?;
             let f = load(addr, body.clone(), seconds, server.0.id());
             drop(server);
             std::thread::sleep(Duration::from_secs(1)); // the port is free again

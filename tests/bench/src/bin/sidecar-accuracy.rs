@@ -8,16 +8,22 @@
 //! 2. DNS delays of 0 – 500 ms (a relay that holds each query before passing it to
 //!    dnsmasq): mean measured lookup time minus the injected delay;
 //! 3. connection counts: N unpooled outbound calls made by the app; the sidecar's
-//!    `tcp_outbound_connections_opened` must move by exactly N.
+//!    `tcp_outbound_connections_opened` must move by exactly N;
+//! 4. requests in flight: N clients (1, 5, 20, 50) calling `/sleep` for 5–200 ms, on
+//!    keep-alive connections with 0–20 ms between requests (a balancer's pool), back
+//!    to back, or on a new connection each; the sidecar's average over 15 s
+//!    (`rate(inflight_request_seconds_total)`) against the app's own exact count (an
+//!    ASGI middleware's time integral). Target: within 10 %.
 //!
 //!     tests/bench/run sidecar-accuracy [--repeats 5]
 
 use std::{
-    net::{SocketAddr, UdpSocket},
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpStream, UdpSocket},
     process::{Child, Command, Stdio},
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -105,6 +111,88 @@ fn dnsmasq() -> anyhow::Result<(Killed, SocketAddr)> {
         .context("dnsmasq (tests/run installs dnsmasq-base)")?;
     std::thread::sleep(Duration::from_millis(300));
     Ok((Killed(child), ([127, 0, 0, 1], port).into()))
+}
+
+/// How the in-flight clients use their connections.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Clients {
+    /// Keep-alive, 0–20 ms between requests (a balancer's pool).
+    Pooled,
+    /// Keep-alive, the next request as soon as the response is in.
+    BackToBack,
+    /// A new connection per request.
+    NewConnection,
+}
+
+/// One response (Content-Length framed); false when the connection ended.
+fn read_response(reader: &mut BufReader<TcpStream>) -> bool {
+    let mut length = 0usize;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return false;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap_or(0);
+        }
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).is_ok()
+}
+
+/// A client calling `/sleep` with mixed durations until `stop`.
+fn sleep_client(addr: SocketAddr, kind: Clients, seed: u64, stop: Arc<AtomicBool>) {
+    const MILLIS: [u64; 5] = [5, 20, 50, 100, 200];
+    let mut state = seed | 1;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut conn: Option<BufReader<TcpStream>> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let ms = MILLIS[(next() % 5) as usize];
+        if conn.is_none() {
+            let Ok(s) = TcpStream::connect(addr) else {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+            conn = Some(BufReader::new(s));
+        }
+        let Some(reader) = conn.as_mut() else {
+            continue;
+        };
+        let close = if kind == Clients::NewConnection {
+            "Connection: close\r\n"
+        } else {
+            ""
+        };
+        let request = format!(
+            "GET /sleep?seconds={} HTTP/1.1\r\nHost: app\r\n{close}\r\n",
+            ms as f64 / 1000.0
+        );
+        let ok = reader.get_mut().write_all(request.as_bytes()).is_ok() && read_response(reader);
+        if !ok || kind == Clients::NewConnection {
+            conn = None;
+        }
+        if kind == Clients::Pooled {
+            std::thread::sleep(Duration::from_millis(next() % 21));
+        }
+    }
+}
+
+/// The app's own time integral of requests in flight (tests/apps/app.py `/inflight`).
+fn app_inflight_integral(addr: SocketAddr) -> anyhow::Result<f64> {
+    let body = http_get(addr, "/inflight").context("/inflight")?.body;
+    let stats: serde_json::Value = serde_json::from_str(&body)?;
+    stats["integral_seconds"]
+        .as_f64()
+        .context("integral_seconds")
 }
 
 fn main() -> anyhow::Result<()> {
@@ -275,6 +363,53 @@ fn main() -> anyhow::Result<()> {
     println!(
         "  connection counts exact: {}",
         if exact { "yes" } else { "NO" }
+    );
+
+    // 4. In-flight requests.
+    println!("  requests in flight (15 s)   clients   app's own average   sidecar's   error");
+    let integral = "apiworkload_sidecar_inflight_request_seconds_total";
+    let mut worst = 0.0f64;
+    for kind in [Clients::Pooled, Clients::BackToBack, Clients::NewConnection] {
+        for n in [1usize, 5, 20, 50] {
+            let stop = Arc::new(AtomicBool::new(false));
+            let clients: Vec<_> = (0..n)
+                .map(|i| {
+                    let stop = stop.clone();
+                    let seed = 0x9e37_79b9_7f4a_7c15 ^ ((i as u64 + 1) * 0x2545_f491);
+                    std::thread::spawn(move || sleep_client(app.addr, kind, seed, stop))
+                })
+                .collect();
+            std::thread::sleep(Duration::from_secs(2));
+            let (app0, side0, t0) = (
+                app_inflight_integral(app.addr)?,
+                metric(&scrape(), integral, ""),
+                Instant::now(),
+            );
+            std::thread::sleep(Duration::from_secs(15));
+            let (app1, side1) = (
+                app_inflight_integral(app.addr)?,
+                metric(&scrape(), integral, ""),
+            );
+            let elapsed = t0.elapsed().as_secs_f64();
+            stop.store(true, Ordering::Relaxed);
+            for c in clients {
+                let _ = c.join();
+            }
+            let (own, seen) = ((app1 - app0) / elapsed, (side1 - side0) / elapsed);
+            let error = seen / own - 1.0;
+            if kind != Clients::BackToBack {
+                worst = worst.max(error.abs());
+            }
+            println!(
+                "    {:24} {n:6}   {own:17.2}   {seen:9.2}   {:+5.1} %",
+                format!("{kind:?}"),
+                error * 100.0
+            );
+        }
+    }
+    println!(
+        "  in-flight error, pooled and new connections: worst {:.1} % (target ≤ 10 %)",
+        worst * 100.0
     );
     let _ = std::fs::remove_file(&resolv);
     Ok(())
