@@ -317,9 +317,11 @@ async fn overload_is_refused_not_queued(cluster: &Cluster, node: &RealNode) {
     };
     // Ready pods are not yet reachable through the Service until kube-proxy has its
     // endpoints (seen: the first request refused at the TCP level, "000").
-    poll_until(READY_WITHIN, "shed reachable through its Service", || async {
-        (get("/healthz").await.0 == "200").then_some(())
-    })
+    poll_until(
+        READY_WITHIN,
+        "shed reachable through its Service",
+        || async { (get("/healthz").await.0 == "200").then_some(()) },
+    )
     .await;
     let first = tokio::spawn(get("/sleep?seconds=6"));
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -235,8 +235,12 @@ impl Condition {
 /// The three conditions of one pod.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Conditions {
+    // Keyed by type in /report, as on the pod and the ApiWorkload.
+    #[serde(rename = "EventLoopResponsive")]
     pub event_loop: Condition,
+    #[serde(rename = "DNSHealthy")]
     pub dns: Condition,
+    #[serde(rename = "ConnectionsReused")]
     pub connections: Condition,
     /// Whether any canary request was ever answered.
     #[serde(skip)]

@@ -51,6 +51,7 @@ impl Rcode {
 
 /// One query on the wire.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct QueryRecord {
     pub name: String,
     pub qtype: &'static str,
@@ -72,6 +73,7 @@ pub enum Mode {
 
 /// One lookup: every query it took, and how long the app waited.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Lookup {
     pub target: String,
     pub mode: Mode,

@@ -111,6 +111,7 @@ pub fn candidates(name: &str, conf: &ResolvConf) -> Vec<String> {
 
 /// What the resolver configuration alone says about one probed name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct SearchExpansion {
     pub name: String,
     /// Names the resolver tries, in order.

@@ -39,8 +39,18 @@ async fn metrics(State(s): State<Shared>) -> impl IntoResponse {
 async fn report(State(s): State<Shared>) -> impl IntoResponse {
     let dns = s.dns.lock().map(|d| d.clone()).unwrap_or_default();
     let verdicts = s.verdicts.lock().map(|v| v.clone()).unwrap_or_default();
-    let conf = dns.resolv;
-    Json(serde_json::json!({
+    Json(report_json(&dns, &verdicts, &s.expansions))
+}
+
+/// The /report document: camelCase keys throughout, conditions keyed by their type (as
+/// on the pod and the ApiWorkload).
+pub fn report_json(
+    dns: &LatestRound,
+    verdicts: &Verdicts,
+    expansions: &[SearchExpansion],
+) -> serde_json::Value {
+    let conf = &dns.resolv;
+    serde_json::json!({
         "resolver": {
             "nameservers": conf.nameservers,
             "search": conf.search,
@@ -48,9 +58,71 @@ async fn report(State(s): State<Shared>) -> impl IntoResponse {
             "timeout": conf.timeout,
             "attempts": conf.attempts,
         },
-        "dns": *s.expansions,
+        "searchExpansions": expansions,
         "lastLookups": dns.lookups,
         "conditions": serde_json::to_value(&verdicts.conditions).unwrap_or_default(),
         "lastWindow": serde_json::to_value(&verdicts.last_window).unwrap_or_default(),
-    }))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        dns::{Lookup, Mode, QueryRecord, Rcode},
+        resolv::{parse, search_expansions},
+    };
+
+    /// Every key, however deep.
+    fn keys(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    out.push(k.clone());
+                    keys(v, out);
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| keys(v, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn the_report_speaks_camel_case_and_names_conditions_by_type() {
+        let conf = parse("search a.svc.cluster.local\nnameserver 10.96.0.10\noptions ndots:5\n");
+        let expansions = search_expansions(&conf, &["api.example.com".into()]);
+        let dns = LatestRound {
+            resolv: conf,
+            lookups: vec![Lookup {
+                target: "api.example.com".into(),
+                mode: Mode::AsApp,
+                answered_by: Some("api.example.com.".into()),
+                queries: vec![QueryRecord {
+                    name: "api.example.com.".into(),
+                    qtype: "A",
+                    nameserver: None,
+                    rcode: Rcode::NoError,
+                    answers: 1,
+                    seconds: 0.002,
+                }],
+                seconds: 0.002,
+            }],
+        };
+        let verdicts = Verdicts {
+            last_window: Some(Default::default()),
+            ..Default::default()
+        };
+        let report = report_json(&dns, &verdicts, &expansions);
+        let conditions: Vec<&String> = report["conditions"].as_object().unwrap().keys().collect();
+        assert_eq!(
+            conditions,
+            ["ConnectionsReused", "DNSHealthy", "EventLoopResponsive"]
+        );
+        let mut all = Vec::new();
+        keys(&report, &mut all);
+        let snake: Vec<&String> = all.iter().filter(|k| k.contains('_')).collect();
+        assert!(snake.is_empty(), "snake_case keys: {snake:?}");
+        assert_eq!(report["lastLookups"][0]["answeredBy"], "api.example.com.");
+        assert_eq!(report["searchExpansions"][0]["queriesBeforeName"], 2);
+    }
 }

@@ -181,7 +181,7 @@ async fn the_sidecars_own_canary_connections_are_not_the_apps() {
         closed("server_idle"),
         closed("server"),
     );
-    let condition = sidecar.condition("connections");
+    let condition = sidecar.condition("ConnectionsReused");
     assert!(
         stalled.is_some_and(|s| s > 4.0),
         "the 6 stalls of 1.5 s were seen: {stalled:?} s"
@@ -256,12 +256,15 @@ async fn keep_alive_shorter_than_the_clients_idle_time_is_keep_alive_churn() {
     };
     let short_report = (
         closes(&short_sidecar),
-        short_sidecar.condition("connections"),
+        short_sidecar.condition("ConnectionsReused"),
     );
-    let long_report = (closes(&long_sidecar), long_sidecar.condition("connections"));
+    let long_report = (
+        closes(&long_sidecar),
+        long_sidecar.condition("ConnectionsReused"),
+    );
     let proc_report = (
         closes(&short_by_proc),
-        short_by_proc.condition("connections"),
+        short_by_proc.condition("ConnectionsReused"),
     );
     assert_eq!(
         short_sidecar.metric("apiworkload_sidecar_socket_source{source=\"netlink\"}"),
@@ -323,7 +326,7 @@ async fn the_sidecar_flags_a_client_per_call_and_not_a_shared_client() {
         })
         .await
         .unwrap();
-        verdicts.push(sidecar.condition("connections"));
+        verdicts.push(sidecar.condition("ConnectionsReused"));
         // Let the verdict settle back (5 good windows) before the next phase.
         tokio::time::sleep(Duration::from_secs(if pooled { 0 } else { 11 })).await;
     }

@@ -66,7 +66,7 @@ async fn a_healthy_app_keeps_every_condition_true_for_60_seconds() {
     let mut samples = 0;
     while !load.is_finished() {
         tokio::time::sleep(Duration::from_secs(2)).await;
-        for key in ["event_loop", "dns", "connections"] {
+        for key in ["EventLoopResponsive", "DNSHealthy", "ConnectionsReused"] {
             let c = sidecar.condition(key);
             assert!(
                 c.as_ref().is_some_and(|(ok, _)| *ok),

@@ -95,7 +95,7 @@ async fn keeps_serving_and_reports_what_is_broken() {
     wait_for(
         "DNSHealthy=False (Timeouts)",
         Duration::from_secs(20),
-        &|s| s.condition("dns") == Some((false, "Timeouts".into())),
+        &|s| s.condition("DNSHealthy") == Some((false, "Timeouts".into())),
     );
     // No socket table: said by the metric and the window's evidence.
     wait_for("socket source none", Duration::from_secs(10), &|s| {
@@ -108,7 +108,7 @@ async fn keeps_serving_and_reports_what_is_broken() {
             })
     });
     assert_eq!(
-        sidecar.lock().unwrap().condition("event_loop"),
+        sidecar.lock().unwrap().condition("EventLoopResponsive"),
         Some((true, "Responsive".into())),
         "the app answers"
     );
@@ -118,7 +118,7 @@ async fn keeps_serving_and_reports_what_is_broken() {
     wait_for(
         "EventLoopResponsive=False (AppUnreachable)",
         Duration::from_secs(20),
-        &|s| s.condition("event_loop") == Some((false, "AppUnreachable".into())),
+        &|s| s.condition("EventLoopResponsive") == Some((false, "AppUnreachable".into())),
     );
     // It comes back on its port: True again after 5 answering windows.
     let app = tokio::task::spawn_blocking(move || PythonServer::uvicorn_on(port, &[], &[]))
@@ -127,7 +127,7 @@ async fn keeps_serving_and_reports_what_is_broken() {
     wait_for(
         "EventLoopResponsive=True again",
         Duration::from_secs(30),
-        &|s| s.condition("event_loop") == Some((true, "Responsive".into())),
+        &|s| s.condition("EventLoopResponsive") == Some((true, "Responsive".into())),
     );
 
     stop.store(true, Ordering::Relaxed);

@@ -173,7 +173,7 @@ async fn event_loop_condition_turns_false_during_a_long_stall_and_recovers() {
     let event_loop = move || -> Option<(bool, String)> {
         let body: serde_json::Value =
             serde_json::from_str(&http_get(report_addr, "/report")?.body).ok()?;
-        let c = &body["conditions"]["event_loop"];
+        let c = &body["conditions"]["EventLoopResponsive"];
         Some((c["status"].as_bool()?, c["reason"].as_str()?.to_string()))
     };
     tokio::time::sleep(Duration::from_secs(3)).await;
