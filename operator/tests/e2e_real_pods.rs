@@ -28,7 +28,9 @@ use apiworkload_operator::{
     api::ApiWorkload,
     render::{APP_CONTAINER, SIDECAR_CONTAINER, WORKLOAD_LABEL},
 };
-use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
+use k8s_openapi::api::{
+    apps::v1::Deployment, autoscaling::v2::HorizontalPodAutoscaler, core::v1::Pod,
+};
 use kube::{Api, api::ListParams};
 use serde_json::{Value, json};
 
@@ -60,6 +62,7 @@ async fn the_chart_and_the_readme_example_run_on_real_pods() {
         a_rollout_drops_no_request(&cluster, &node),
         probes_do_their_job(&cluster, &node),
         overload_is_refused_not_queued(&cluster, &node),
+        cpu_autoscaling_scales_real_pods(&cluster, &node),
     );
     eprintln!("real-pod scenarios done in {:?}", started.elapsed());
 }
@@ -273,6 +276,101 @@ async fn a_stall_is_diagnosed_inside_the_pod(cluster: &Cluster, node: &RealNode)
     eprintln!(
         "EventLoopResponsive True again {:?} after the load stopped",
         t.elapsed()
+    );
+}
+
+/// An HPA on CPU scales real pods: metrics-server reads the real kubelet's CPU figures,
+/// the controller-manager's HPA reads them through the aggregated metrics API, and light
+/// CPU-bound load through the Service (requests of 50m, so 0.2 cores is 400 %) takes
+/// the workload from 1 replica to more Ready pods. Replicas over time are printed.
+async fn cpu_autoscaling_scales_real_pods(cluster: &Cluster, node: &RealNode) {
+    let ns = node.namespace(cluster, "autoscale").await;
+    apply_workload(
+        cluster,
+        &ns,
+        "scales",
+        json!({"scaling": {"minReplicas": 1, "maxReplicas": 3, "metric": "cpu", "target": 0.5},
+               "diagnostics": {"enabled": false}}),
+    );
+    wait_ready(cluster, &ns, "scales").await;
+    let hpas = Api::<HorizontalPodAutoscaler>::namespaced(cluster.client().await, &ns.name);
+    let utilization = || async {
+        let hpa = hpas.get_opt("scales").await.ok()??;
+        let current = hpa.status?.current_metrics?;
+        current
+            .first()?
+            .resource
+            .as_ref()?
+            .current
+            .average_utilization
+    };
+    let t = Instant::now();
+    let idle = poll_until(READY_WITHIN, "the HPA reads the pods' CPU", utilization).await;
+    eprintln!(
+        "autoscale: the HPA read {idle}% CPU {:?} after Ready",
+        t.elapsed()
+    );
+    let address = service_address(cluster, &ns, "scales").await;
+
+    // About 0.2 cores of CPU-bound requests, bounded: at most 240 s and 2,400 requests.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        let url = format!("http://{address}/cpu?seconds=0.02");
+        let curl = node.command(&["curl", "-sS", "-o", "/dev/null", "--max-time", "5", &url]);
+        tokio::spawn(async move {
+            let mut curl = tokio::process::Command::from(curl);
+            let deadline = Instant::now() + Duration::from_secs(240);
+            let mut sent = 0;
+            while sent < 2400
+                && Instant::now() < deadline
+                && !stop.load(std::sync::atomic::Ordering::Relaxed)
+            {
+                let _ = curl.status().await;
+                sent += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            sent
+        })
+    };
+    let t = Instant::now();
+    // (seconds since the load started, replicas wanted, ready, CPU % the HPA read)
+    let mut timeline = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let scaled = loop {
+        let d = deployment_of(cluster, &ns, "scales").await;
+        let (wanted, ready) = (
+            d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0),
+            d.status
+                .as_ref()
+                .and_then(|s| s.ready_replicas)
+                .unwrap_or(0),
+        );
+        if timeline
+            .last()
+            .is_none_or(|&(_, w, r, _)| (w, r) != (wanted, ready))
+        {
+            timeline.push((t.elapsed().as_secs(), wanted, ready, utilization().await));
+        }
+        if ready >= 2 {
+            break ready;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no scale-out within 240 s: {timeline:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sent = load.await.unwrap();
+    let timeline: Vec<String> = timeline
+        .iter()
+        .map(|(s, w, r, cpu)| format!("{s}s: {w} wanted, {r} ready (CPU {cpu:?}%)"))
+        .collect();
+    eprintln!(
+        "autoscale: {scaled} Ready pods {:?} after the load started ({sent} requests): {}",
+        t.elapsed(),
+        timeline.join("; ")
     );
 }
 
