@@ -90,12 +90,23 @@ fn event_loop(w: &Window, t: &Thresholds, app_answered_before: bool) -> Verdict 
 }
 
 fn dns(w: &Window, t: &Thresholds) -> Verdict {
+    // None answered: no server is there to race with (seen on a cluster without DNS,
+    // where the conntrack advice sent users the wrong way).
+    if w.dns_timeouts > 0 && w.dns_timeouts >= w.dns_queries {
+        return Some((
+            "Timeouts",
+            format!(
+                "none of {} DNS queries was answered: the pod's nameservers are unreachable or not running; check the cluster DNS Service and its pods, and the pod's dnsPolicy",
+                w.dns_timeouts
+            ),
+        ));
+    }
     if w.dns_timeouts > 0 {
         return Some((
             "Timeouts",
             format!(
-                "{} DNS queries timed out (the 5 s retry stall): check conntrack races (single-request-reopen) or use NodeLocal DNSCache",
-                w.dns_timeouts
+                "{} of {} DNS queries timed out (the 5 s retry stall) while others were answered: check conntrack races (single-request-reopen) or use NodeLocal DNSCache",
+                w.dns_timeouts, w.dns_queries
             ),
         ));
     }
@@ -132,9 +143,10 @@ fn connections(w: &Window, t: &Thresholds) -> Verdict {
     if rate > t.outbound_per_second && short {
         return Some((
             "OutboundChurn",
+            // Lifetimes are known to the 1 s sample only (most of these are seen only
+            // closed): say the bound, not a made-up "0 ms".
             format!(
-                "{rate:.1} new outbound connections/s living {:.0} ms on median: an HTTP client created per request? Share one pooled client (httpx.AsyncClient, requests.Session)",
-                w.outbound_median_lifetime_seconds.unwrap_or(0.0) * 1000.0
+                "{rate:.1} new outbound connections/s, most closed within a second of opening: an HTTP client created per request? Share one pooled client (httpx.AsyncClient, requests.Session)"
             ),
         ));
     }
@@ -382,17 +394,36 @@ mod tests {
         assert_eq!(dns(&amplified, &t).unwrap().0, "SearchAmplification");
         assert!(dns(&amplified, &t).unwrap().1.contains("ndots: 2"));
         let timeouts = Window {
+            dns_queries: 16,
             dns_timeouts: 2,
             ..amplified.clone()
         };
         assert_eq!(dns(&timeouts, &t).unwrap().0, "Timeouts");
+        assert!(dns(&timeouts, &t).unwrap().1.contains("conntrack"));
+        // Nothing answered at all: no server, not a race.
+        let silent = Window {
+            dns_queries: 4,
+            dns_timeouts: 4,
+            ..amplified.clone()
+        };
+        let (reason, message) = dns(&silent, &t).unwrap();
+        assert_eq!(reason, "Timeouts");
+        assert!(
+            message.contains("none of 4") && !message.contains("conntrack"),
+            "{message}"
+        );
         let churn = Window {
             outbound_opened: 50,
             outbound_median_lifetime_seconds: Some(0.02),
             window_seconds: 10.0,
             ..Default::default()
         };
-        assert_eq!(connections(&churn, &t).unwrap().0, "OutboundChurn");
+        let (reason, message) = connections(&churn, &t).unwrap();
+        assert_eq!(reason, "OutboundChurn");
+        assert!(
+            message.starts_with("5.0 new outbound connections/s, most closed within a second"),
+            "a bound, not a measurement: {message}"
+        );
         let pooled = Window {
             outbound_median_lifetime_seconds: Some(120.0),
             ..churn

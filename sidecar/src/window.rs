@@ -20,6 +20,9 @@ pub struct Window {
     pub dns_queries_per_lookup: Option<f64>,
     /// Slowest as-app lookup in the window.
     pub dns_slowest_lookup_seconds: Option<f64>,
+    /// DNS queries sent (as the app and for the name alone), and how many of them got no
+    /// answer in time.
+    pub dns_queries: u64,
     pub dns_timeouts: u64,
     /// Outbound connections opened in the window.
     pub outbound_opened: u64,
@@ -54,6 +57,8 @@ pub struct WindowAccumulator {
     pub window_seconds: f64,
     pub dns_lookups: u64,
     pub dns_queries: u64,
+    /// Every query sent, as-app and name-alone lookups alike (what timeouts count in).
+    pub dns_queries_sent: u64,
     pub dns_slowest_lookup_seconds: Option<f64>,
     pub dns_timeouts: u64,
     pub outbound_opened: u64,
@@ -93,6 +98,7 @@ impl WindowAccumulator {
             dns_queries_per_lookup: (self.dns_lookups > 0)
                 .then(|| self.dns_queries as f64 / self.dns_lookups as f64),
             dns_slowest_lookup_seconds: self.dns_slowest_lookup_seconds,
+            dns_queries: self.dns_queries_sent,
             dns_timeouts: self.dns_timeouts,
             outbound_opened: self.outbound_opened,
             outbound_median_lifetime_seconds: lifetimes.get(lifetimes.len() / 2).copied(),
@@ -160,6 +166,7 @@ impl WindowAccumulator {
                 seconds,
             } => {
                 self.dns_timeouts += timeouts;
+                self.dns_queries_sent += queries;
                 if as_app {
                     self.dns_lookups += 1;
                     self.dns_queries += queries;

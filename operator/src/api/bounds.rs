@@ -286,6 +286,12 @@ pub fn field_bounds() -> Vec<FieldBound> {
             "the time in-flight requests get after SIGTERM; a rollout waits for it",
         ),
         field(
+            "scaling.scaleDownWindow",
+            d("0s", "1h"),
+            "5m",
+            "the HorizontalPodAutoscaler's stabilization window takes at most an hour",
+        ),
+        field(
             "timeouts.drain",
             d("0s", "10m"),
             "10s",

@@ -489,6 +489,10 @@ pub struct Scaling {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 64))]
     pub query_target: Option<String>,
+    /// How long load must stay low before the autoscaler removes pods (`5m` by default:
+    /// a dip between two peaks must not cost the capacity the second one needs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_down_window: Option<GoDuration>,
     /// Declares that requests are buffered while no replica runs (e.g. the KEDA HTTP
     /// add-on); required for `minReplicas: 0`.
     #[serde(default)]
@@ -507,6 +511,7 @@ impl Default for Scaling {
             query: None,
             query_target: None,
             request_buffer: false,
+            scale_down_window: None,
         }
     }
 }

@@ -21,8 +21,16 @@ use crate::{
 
 /// CPU utilization (of the request) at which the backstop scales out.
 pub const CPU_BACKSTOP_PERCENT: i32 = 85;
-/// Scale-down waits this long for load to stay low (DOMAIN.md §4).
+/// Scale-down waits this long for load to stay low (DOMAIN.md §4), unless
+/// `scaling.scaleDownWindow` says otherwise.
 pub const SCALE_DOWN_WINDOW_SECONDS: i32 = 300;
+
+/// The scale-down stabilization window of a spec, in seconds.
+pub fn scale_down_window(spec: &crate::api::ApiWorkloadSpec) -> i32 {
+    spec.scaling
+        .scale_down_window
+        .map_or(SCALE_DOWN_WINDOW_SECONDS, |w| w.ceil_secs_i32())
+}
 
 /// Why the autoscaler was chosen; becomes the AutoscalingReady condition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,8 +51,9 @@ fn format_number(v: f64) -> String {
     s.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
-/// Fast but capped scale-up (at most double, at most +4 pods per 15 s); slow scale-down.
-pub fn behavior() -> HorizontalPodAutoscalerBehavior {
+/// Fast but capped scale-up (at most double, at most +4 pods per 15 s); slow scale-down,
+/// after `scale_down_window_seconds` of low load.
+pub fn behavior(scale_down_window_seconds: i32) -> HorizontalPodAutoscalerBehavior {
     let policy = |type_: &str, value, period| HPAScalingPolicy {
         type_: type_.into(),
         value,
@@ -58,7 +67,7 @@ pub fn behavior() -> HorizontalPodAutoscalerBehavior {
             tolerance: None,
         }),
         scale_down: Some(HPAScalingRules {
-            stabilization_window_seconds: Some(SCALE_DOWN_WINDOW_SECONDS),
+            stabilization_window_seconds: Some(scale_down_window_seconds),
             select_policy: Some("Max".into()),
             policies: Some(vec![policy("Percent", 20, 60)]),
             tolerance: None,
@@ -95,7 +104,7 @@ fn hpa(aw: &ApiWorkload, metrics: Vec<MetricSpec>) -> HorizontalPodAutoscaler {
             min_replicas: Some(s.min_replicas.max(1)),
             max_replicas: s.max_replicas,
             metrics: Some(metrics),
-            behavior: Some(behavior()),
+            behavior: Some(behavior(scale_down_window(&aw.spec))),
         }),
         status: None,
     }
@@ -177,9 +186,9 @@ fn scaled_object(
             "minReplicaCount": s.min_replicas,
             "maxReplicaCount": s.max_replicas,
             "pollingInterval": 15,
-            "cooldownPeriod": SCALE_DOWN_WINDOW_SECONDS,
+            "cooldownPeriod": scale_down_window(&aw.spec),
             "fallback": {"failureThreshold": 3, "replicas": fallback_replicas},
-            "advanced": {"horizontalPodAutoscalerConfig": {"behavior": behavior()}},
+            "advanced": {"horizontalPodAutoscalerConfig": {"behavior": behavior(scale_down_window(&aw.spec))}},
             "triggers": [{
                 "type": "prometheus",
                 "metricType": "AverageValue",
@@ -367,6 +376,21 @@ mod tests {
             InflightSource::of(&no_sidecar).pods_metric(),
             APP_INFLIGHT_METRIC
         );
+    }
+
+    #[test]
+    fn the_scale_down_window_follows_the_spec() {
+        let window = |r: &crate::render::Rendered| {
+            let Autoscaler::Hpa(h) = &r.autoscaler else {
+                panic!("want HPA")
+            };
+            let b = h.spec.as_ref().unwrap().behavior.clone().unwrap();
+            b.scale_down.unwrap().stabilization_window_seconds
+        };
+        assert_eq!(window(&rendered(spec())), Some(300));
+        let mut short = spec();
+        short.scaling.scale_down_window = Some(crate::api::GoDuration::from_secs(20));
+        assert_eq!(window(&rendered(short)), Some(20));
     }
 
     #[test]

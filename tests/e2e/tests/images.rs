@@ -219,8 +219,9 @@ fn test_app_image_carries_every_server_kind_and_the_app() {
         &[
             "python",
             "-c",
-            "import sys; sys.path.insert(0, '/app'); import app, uvicorn_worker; print(type(app.app).__name__)",
+            "import sys; sys.path.insert(0, '/app'); import app, uvicorn_worker; print(type(app.api).__name__, type(app.app).__name__)",
         ],
     );
-    assert_eq!(imported.trim(), "FastAPI");
+    // The FastAPI app, served behind its in-flight counter (tests/apps/app.py).
+    assert_eq!(imported.trim(), "FastAPI InFlight");
 }
