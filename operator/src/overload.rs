@@ -14,9 +14,12 @@ pub enum Shedding {
     /// uvicorn (and gunicorn's uvicorn worker, through the operator's worker class):
     /// `503 Service Unavailable` once open connections or running requests reach it.
     Refuse503,
-    /// granian `--backpressure`, gunicorn-gthread `--worker-connections`: the worker
-    /// stops accepting; connections wait in the backlog.
+    /// gunicorn-gthread `--worker-connections`: the worker stops accepting
+    /// (`can_accept` in gunicorn's gthread worker); connections wait in the backlog.
     StopAccepting,
+    /// granian `--backpressure`: granian's own per-worker limit on concurrent
+    /// requests (what it does beyond it is not measured here).
+    GranianBackpressure,
     /// gunicorn-sync: one request at a time per worker, by construction.
     OneAtATime,
     /// hypercorn has no such setting: only the backlog bounds the queue.
@@ -51,7 +54,8 @@ pub fn default_limit(per_worker_concurrency: i32) -> i32 {
 pub fn overload(spec: &ApiWorkloadSpec, workers: i32, per_worker_concurrency: i32) -> Overload {
     let shedding = match spec.server {
         ServerKind::Uvicorn | ServerKind::GunicornUvicorn => Shedding::Refuse503,
-        ServerKind::Granian | ServerKind::GunicornGthread => Shedding::StopAccepting,
+        ServerKind::GunicornGthread => Shedding::StopAccepting,
+        ServerKind::Granian => Shedding::GranianBackpressure,
         ServerKind::GunicornSync => Shedding::OneAtATime,
         ServerKind::Hypercorn => Shedding::Unbounded,
     };
@@ -60,7 +64,9 @@ pub fn overload(spec: &ApiWorkloadSpec, workers: i32, per_worker_concurrency: i3
         .limit
         .unwrap_or_else(|| default_limit(per_worker_concurrency));
     let limit = match shedding {
-        Shedding::Refuse503 | Shedding::StopAccepting => (wanted > 0).then_some(wanted),
+        Shedding::Refuse503 | Shedding::StopAccepting | Shedding::GranianBackpressure => {
+            (wanted > 0).then_some(wanted)
+        }
         Shedding::OneAtATime => Some(1),
         Shedding::Unbounded => None,
     };
@@ -92,6 +98,9 @@ impl Overload {
             (Shedding::Refuse503, Some(n)) => format!("{n} per worker, then 503"),
             (Shedding::StopAccepting, Some(n)) => {
                 format!("{n} per worker, then queued in the backlog")
+            }
+            (Shedding::GranianBackpressure, Some(n)) => {
+                format!("{n} per worker (granian --backpressure)")
             }
             (Shedding::OneAtATime, _) => "1 per worker (sync)".into(),
             (Shedding::Unbounded, _) => format!("none ({} has no limit)", server.as_str()),
@@ -135,7 +144,7 @@ mod tests {
             (
                 ServerKind::Granian,
                 Some(100),
-                "100 per worker, then queued in the backlog",
+                "100 per worker (granian --backpressure)",
             ),
             (
                 ServerKind::GunicornGthread,

@@ -537,8 +537,8 @@ pub struct Concurrency {
     /// Per worker: uvicorn `--limit-concurrency` (gunicorn-uvicorn: `--worker-connections`
     /// through the operator's worker class), answering 503 once open connections or
     /// running requests reach it (the new request's own connection counts: N runs
-    /// N − 1 at once); granian `--backpressure` and gunicorn-gthread
-    /// `--worker-connections`, which stop accepting instead. 0: no limit. Default: 10 ×
+    /// N − 1 at once); gunicorn-gthread `--worker-connections`, which stops accepting
+    /// instead; granian `--backpressure`, its own per-worker limit. 0: no limit. Default: 10 ×
     /// `scaling.perWorkerConcurrency`. Lower bounds latency under overload better but
     /// refuses bursts below capacity. uvicorn counts idle keep-alive connections too:
     /// keep it above the balancer's idle connections per worker.
