@@ -11,6 +11,7 @@ pub mod child_set;
 pub mod children;
 pub mod conditions;
 pub mod controller;
+pub mod env_hosts;
 pub mod leader;
 pub mod log;
 pub mod metrics;

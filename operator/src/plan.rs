@@ -157,7 +157,12 @@ fn sidecar_args(spec: &ApiWorkloadSpec, sizing: &Sizing) -> Result<SidecarArgs, 
         probe_path: spec.probes.path.clone(),
         workers: u32::try_from(sizing.workers.max(1)).unwrap_or(1),
         stall_threshold: spec.diagnostics.stall_threshold.0,
-        dns_probes: spec.dns.probe.clone(),
+        // No names given: the hosts the app's environment points it at.
+        dns_probes: if spec.dns.probe.is_empty() {
+            crate::env_hosts::env_hosts(&spec.env)
+        } else {
+            spec.dns.probe.clone()
+        },
     })
 }
 
@@ -268,6 +273,19 @@ mod tests {
         assert_eq!(p.sizing.workers, 5);
         assert_eq!(p.per_worker_concurrency, 10);
         assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+    }
+
+    #[test]
+    fn the_sidecar_probes_the_envs_hosts_unless_the_spec_names_some() {
+        let mut s = spec();
+        s.env = vec![EnvVar {
+            name: "DATABASE_URL".into(),
+            value: Some("postgresql://db.prod.svc:5432/app".into()),
+            value_from: None,
+        }];
+        assert_eq!(plan(&s).unwrap().sidecar.dns_probes, ["db.prod.svc"]);
+        s.dns.probe = vec!["api.example.com".into()];
+        assert_eq!(plan(&s).unwrap().sidecar.dns_probes, ["api.example.com"]);
     }
 
     #[test]

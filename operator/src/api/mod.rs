@@ -570,7 +570,9 @@ pub struct Dns {
     #[serde(default = "default_ndots")]
     #[schemars(range(min = 1, max = 15))]
     pub ndots: i32,
-    /// Names the diagnostics sidecar resolves periodically, as the app would.
+    /// Names the diagnostics sidecar resolves periodically, as the app would. Unset: the
+    /// hosts of URLs and `host:port` values in `env` (at most 5), so DNS is diagnosed
+    /// with no configuration.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 20), inner(length(min = 1, max = 253)))]
     pub probe: Vec<String>,
