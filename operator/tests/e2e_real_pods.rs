@@ -58,19 +58,34 @@ async fn the_chart_and_the_readme_example_run_on_real_pods() {
     // are not measured on a node busy with it.
     let (rolled_out, after_rollout) = tokio::sync::oneshot::channel();
     tokio::join!(
-        readme_example(&cluster, &node),
-        every_server_kind_boots(&cluster, &node),
-        a_stall_is_diagnosed_inside_the_pod(&cluster, &node),
-        workers_follow_the_cpu_limit(&cluster, &node),
-        async {
+        scenario("readme", readme_example(&cluster, &node)),
+        scenario("server-kinds", every_server_kind_boots(&cluster, &node)),
+        scenario("stall", a_stall_is_diagnosed_inside_the_pod(&cluster, &node)),
+        scenario("workers", workers_follow_the_cpu_limit(&cluster, &node)),
+        scenario("rollout", async {
             a_rollout_drops_no_request(&cluster, &node).await;
             let _ = rolled_out.send(());
-        },
-        probes_do_their_job(&cluster, &node),
-        overload_is_refused_not_queued(&cluster, &node),
-        cpu_autoscaling_scales_real_pods(&cluster, &node, after_rollout),
+        }),
+        scenario("probes", probes_do_their_job(&cluster, &node)),
+        scenario("overload", overload_is_refused_not_queued(&cluster, &node)),
+        scenario(
+            "autoscaling",
+            cpu_autoscaling_scales_real_pods(&cluster, &node, after_rollout)
+        ),
     );
     eprintln!("real-pod scenarios done in {:?}", started.elapsed());
+}
+
+/// Runs a scenario unless `APIW_REAL_POD_SCENARIOS` (comma-separated names) leaves it
+/// out: a developer's shortcut to one scenario on a fresh cluster. Unset, as in CI and
+/// `tests/run`, every scenario runs.
+async fn scenario(name: &str, run: impl std::future::Future<Output = ()>) {
+    let chosen = std::env::var("APIW_REAL_POD_SCENARIOS").ok();
+    if chosen.is_some_and(|names| !names.split(',').any(|n| n.trim() == name)) {
+        eprintln!("scenario {name}: left out by APIW_REAL_POD_SCENARIOS");
+        return;
+    }
+    run.await
 }
 
 /// `helm install` from the repository's chart, as the README says, with values that
@@ -517,9 +532,17 @@ async fn workers_follow_the_cpu_limit(cluster: &Cluster, node: &RealNode) {
 }
 
 /// A rollout under bounded, continuous load through the Service (new connections from
-/// inside the cluster's network, routed by kube-proxy) drops no request with the derived
-/// shutdown budget. The same rollout of a workload whose budget is defeated (no preStop
-/// drain, 1 s to finish) drops requests: the check can fail.
+/// inside the cluster's network, routed by kube-proxy, plus requests of 2 s always in
+/// flight) drops no request with the derived shutdown budget. The same rollout of a
+/// workload whose budget is defeated (no preStop drain, 1 s to finish) drops requests:
+/// the check can fail.
+///
+/// What the defeated budget drops of the quick requests depends on timing: those routed
+/// to a pod between its SIGTERM and kube-proxy's next rules are refused. Alone on the
+/// node that was 48–78 requests; while the other scenarios keep the node busy, the
+/// kubelet's SIGTERM comes late and it was 1. The 2 s requests are the deterministic
+/// part: with 1 s to finish, those in flight at SIGTERM are cut, as the operator's
+/// warning for this spec says.
 async fn a_rollout_drops_no_request(cluster: &Cluster, node: &RealNode) {
     let ns = node.namespace(cluster, "rollout").await;
     let workload = |name: &str, memory: &str, timeouts: &Value| {
@@ -546,10 +569,8 @@ async fn a_rollout_drops_no_request(cluster: &Cluster, node: &RealNode) {
     let loadgen = repo_root().join("tests/apps/loadgen.py");
     let mut loads = Vec::new();
     for (name, _) in &budgets {
-        let url = format!(
-            "http://{}/healthz",
-            service_address(cluster, &ns, name).await
-        );
+        let url_base = format!("http://{}", service_address(cluster, &ns, name).await);
+        let url = format!("{url_base}/healthz");
         let cmd = node.command(&[
             "python3",
             loadgen.to_str().unwrap(),
@@ -557,6 +578,8 @@ async fn a_rollout_drops_no_request(cluster: &Cluster, node: &RealNode) {
             stop_file.to_str().unwrap(),
             "180",   // seconds at most
             "40000", // requests at most
+            &format!("{url_base}/sleep?seconds=2"),
+            "6", // threads: about 3 slow requests in flight per pod
         ]);
         loads.push(tokio::process::Command::from(cmd).output());
     }
@@ -601,13 +624,15 @@ async fn a_rollout_drops_no_request(cluster: &Cluster, node: &RealNode) {
     }
     let (budgeted, defeated) = (&counts[0], &counts[1]);
     assert!(budgeted["sent"].as_u64().unwrap() >= 500, "{budgeted}");
+    assert!(budgeted["slow"]["sent"].as_u64().unwrap() >= 20, "{budgeted}");
     assert_eq!(
-        budgeted["failed"], 0,
+        (&budgeted["failed"], &budgeted["slow"]["failed"]),
+        (&json!(0), &json!(0)),
         "the derived budget drops nothing: {budgeted}"
     );
     assert!(
-        defeated["failed"].as_u64().unwrap() > 0,
-        "with no drain the same rollout should drop requests: {defeated}"
+        defeated["slow"]["failed"].as_u64().unwrap() > 0,
+        "with 1 s to finish, the rollout should cut the 2 s requests in flight: {defeated}"
     );
 }
 
