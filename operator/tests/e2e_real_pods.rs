@@ -60,7 +60,10 @@ async fn the_chart_and_the_readme_example_run_on_real_pods() {
     tokio::join!(
         scenario("readme", readme_example(&cluster, &node)),
         scenario("server-kinds", every_server_kind_boots(&cluster, &node)),
-        scenario("stall", a_stall_is_diagnosed_inside_the_pod(&cluster, &node)),
+        scenario(
+            "stall",
+            a_stall_is_diagnosed_inside_the_pod(&cluster, &node)
+        ),
         scenario("workers", workers_follow_the_cpu_limit(&cluster, &node)),
         scenario("rollout", async {
             a_rollout_drops_no_request(&cluster, &node).await;
@@ -624,7 +627,10 @@ async fn a_rollout_drops_no_request(cluster: &Cluster, node: &RealNode) {
     }
     let (budgeted, defeated) = (&counts[0], &counts[1]);
     assert!(budgeted["sent"].as_u64().unwrap() >= 500, "{budgeted}");
-    assert!(budgeted["slow"]["sent"].as_u64().unwrap() >= 20, "{budgeted}");
+    assert!(
+        budgeted["slow"]["sent"].as_u64().unwrap() >= 20,
+        "{budgeted}"
+    );
     assert_eq!(
         (&budgeted["failed"], &budgeted["slow"]["failed"]),
         (&json!(0), &json!(0)),
