@@ -27,6 +27,20 @@ pub enum TcpState {
 }
 
 impl TcpState {
+    /// States of a connection closing on this side, where the process has usually closed
+    /// the socket already: the kernel finishes the close alone and reports the orphaned
+    /// socket with no owner (UID 0, inode 0).
+    pub fn is_orphan(self) -> bool {
+        matches!(
+            self,
+            TcpState::FinWait1
+                | TcpState::FinWait2
+                | TcpState::Closing
+                | TcpState::LastAck
+                | TcpState::TimeWait
+        )
+    }
+
     pub fn from_code(code: u8) -> TcpState {
         match code {
             0x01 => TcpState::Established,

@@ -25,10 +25,14 @@ pub type ConnKey = (SocketAddr, SocketAddr);
 /// Splits one sample of the namespace's sockets into the server side of connections to
 /// the app's port (inbound) and the app's own outgoing connections (outbound).
 ///
-/// - Only sockets of the app's UID count (`is_app`), except TIME_WAIT rows, which
-///   belong to no process (the kernel shows UID 0).
+/// - The server side of the app's port is the app's whatever UID the kernel shows.
+/// - Elsewhere only sockets of the app's UID count (`is_app`), except sockets the app
+///   has already closed ([`TcpState::is_orphan`]): they belong to no process, and the
+///   kernel shows them under UID 0. Dropping them lost a server's keep-alive closes in
+///   FIN_WAIT2 (seen as closed by the client: 2 of 9 counted in the keep-alive test).
 /// - Connections from the sidecar's canaries ([`crate::canary::SOURCE_ADDRESS`]) are
-///   not the app's, in any state.
+///   not the app's, in any state, on either end (a canary's own side lingers in
+///   LAST_ACK under UID 0 after the server's close).
 /// - Outbound excludes the server side of any listening port in the namespace (another
 ///   server's accepted connections are not the app's calls), the client side of
 ///   connections to the app itself, and the sidecar's own port.
@@ -44,8 +48,8 @@ pub fn classify(
         .map(|r| r.local.port())
         .collect();
     rows.into_iter()
-        .filter(|r| !from_canary(r.remote))
-        .filter(|r| r.state == TcpState::TimeWait || is_app(r.uid))
+        .filter(|r| !from_canary(r.remote) && !from_canary(r.local))
+        .filter(|r| r.local.port() == app_port || r.state.is_orphan() || is_app(r.uid))
         .filter(|r| {
             r.local.port() == app_port
                 || !(listening.contains(&r.local.port())
@@ -413,9 +417,12 @@ mod tests {
             // The app's listener and an accepted connection: inbound.
             uid(row(8000, 0, TcpState::Listen), 10001),
             uid(row(8000, 50001, TcpState::Established), 10001),
-            // The app calling an upstream: outbound, also once closed (TIME_WAIT, UID 0).
+            // The app's server closed a keep-alive connection (orphaned: UID 0).
+            uid(row(8000, 50005, TcpState::FinWait2), 0),
+            // The app calling an upstream: outbound, also once closed (UID 0).
             uid(row(40001, 5432, TcpState::Established), 10001),
             uid(row(40002, 5432, TcpState::TimeWait), 0),
+            uid(row(40005, 5432, TcpState::FinWait1), 0),
             // Another server in the pod (say a metrics port) and its closed connection.
             uid(row(9090, 0, TcpState::Listen), 10001),
             uid(row(9090, 50002, TcpState::TimeWait), 0),
@@ -425,6 +432,11 @@ mod tests {
             // The server side of the canaries' connections, open and after the close.
             from_canary(uid(row(8000, 50003, TcpState::Established), 10001)),
             from_canary(uid(row(8000, 50004, TcpState::TimeWait), 0)),
+            // A canary's own side, closing after the server's close.
+            TcpRow {
+                local: (crate::canary::SOURCE_ADDRESS, 50006).into(),
+                ..uid(row(0, 8000, TcpState::LastAck), 0)
+            },
         ];
         let (inbound, outbound) = classify(rows, 8000, 9901, |u| u == 10001);
         let ports = |rows: &[TcpRow]| -> Vec<(u16, u16)> {
@@ -432,8 +444,11 @@ mod tests {
                 .map(|r| (r.local.port(), r.remote.port()))
                 .collect()
         };
-        assert_eq!(ports(&inbound), [(8000, 0), (8000, 50001)]);
-        assert_eq!(ports(&outbound), [(40001, 5432), (40002, 5432)]);
+        assert_eq!(ports(&inbound), [(8000, 0), (8000, 50001), (8000, 50005)]);
+        assert_eq!(
+            ports(&outbound),
+            [(40001, 5432), (40002, 5432), (40005, 5432)]
+        );
     }
 
     fn server_row(remote: u16, state: TcpState, rx_queue: u32) -> TcpRow {

@@ -7,7 +7,6 @@
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::TcpStream,
-    os::unix::fs::MetadataExt,
     time::{Duration, Instant},
 };
 
@@ -117,13 +116,16 @@ fn exchange(s: &mut TcpStream, path: &str) -> Option<()> {
 }
 
 /// A load balancer's pool: `connections` kept for reuse and idle `idle` between
-/// requests, for `rounds` rounds. Returns how many times a connection had to be renewed.
+/// requests, for `rounds` rounds. Returns how many times a connection had to be renewed,
+/// and the pool: the caller closes what is left of it, once the sidecars have been read
+/// (this test's client closes are every sidecar's to see here: the kernel shows a closed
+/// socket under no user, and these sidecars share one network namespace).
 fn pooled_client_with_idle(
     addr: std::net::SocketAddr,
     connections: usize,
     idle: Duration,
     rounds: usize,
-) -> usize {
+) -> (usize, Vec<Option<TcpStream>>) {
     let mut pool: Vec<Option<TcpStream>> = (0..connections).map(|_| None).collect();
     let mut renewed = 0;
     let step = idle / connections as u32;
@@ -136,7 +138,7 @@ fn pooled_client_with_idle(
     }
     // Held until the server's keep-alive has closed the last ones too (a pool would).
     std::thread::sleep(idle);
-    renewed - connections
+    (renewed - connections, pool)
 }
 
 /// The sidecar's own fresh-connection canary (`Connection: close`) waits out a stall in
@@ -199,9 +201,14 @@ async fn the_sidecars_own_canary_connections_are_not_the_apps() {
     );
 }
 
+/// uvicorn with a keep-alive of `seconds`, run as a user of its own as in a pod (the
+/// kernel shows a socket the app has closed under UID 0, not the app's).
 fn app_with_keep_alive(seconds: u32) -> PythonServer {
-    PythonServer::uvicorn_with(&["--timeout-keep-alive", &seconds.to_string()], &[])
+    PythonServer::uvicorn_as(APP_UID, &["--timeout-keep-alive", &seconds.to_string()])
 }
+
+/// The app's user in the tests that run it as another user than the sidecar's.
+const APP_UID: u32 = 65534;
 
 /// The tests here see every socket of this machine's namespace under one UID (a pod
 /// would show only its own): they take turns so one's traffic is not the other's.
@@ -213,11 +220,9 @@ fn sidecar_for(app: &PythonServer) -> Sidecar {
 
 /// `source`: auto (sock_diag here), netlink or proc (the fallback).
 fn sidecar_with_source(app: &PythonServer, source: &str) -> Sidecar {
-    // Every process of the test runs as this user, like the app.
-    let uid = std::fs::metadata("/proc/self").unwrap().uid();
     Sidecar::start(&[
         format!("--app-port={}", app.addr.port()),
-        format!("--app-uid={uid}"),
+        format!("--app-uid={}", app.uid),
         format!("--socket-source={source}"),
         "--window=2s".into(),
         "--resolv-conf=/dev/null".into(),
@@ -248,7 +253,7 @@ async fn keep_alive_shorter_than_the_clients_idle_time_is_keep_alive_churn() {
         let long = pooled_client_with_idle(b, 3, Duration::from_secs(4), 3);
         (short.join().unwrap(), long)
     });
-    let (renewed_short, renewed_long) = clients.await.unwrap();
+    let ((renewed_short, _short_pool), (renewed_long, _long_pool)) = clients.await.unwrap();
     // One more sample after the last close.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let closes = |s: &Sidecar| {
@@ -286,7 +291,12 @@ async fn keep_alive_shorter_than_the_clients_idle_time_is_keep_alive_churn() {
         Some((renewed_short + 3) as f64),
         "every connection the server closed after idle counted (the 3 last ones too), none more"
     );
-    assert_eq!(condition, Some((false, "KeepAliveChurn".to_string())));
+    assert_eq!(
+        condition,
+        Some((false, "KeepAliveChurn".to_string())),
+        "{:#}",
+        short_sidecar.report().unwrap_or_default()
+    );
     assert_eq!(
         proc_report,
         (Some((renewed_short + 3) as f64), condition),

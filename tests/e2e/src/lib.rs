@@ -653,6 +653,8 @@ pub fn python_venv() -> &'static Path {
 pub struct PythonServer {
     pub child: std::process::Child,
     pub addr: std::net::SocketAddr,
+    /// The user it runs as.
+    pub uid: u32,
 }
 
 impl PythonServer {
@@ -681,6 +683,25 @@ impl PythonServer {
         PythonServer::start_on(port, "uvicorn", &args, env)
     }
 
+    /// As [`PythonServer::uvicorn_with`], run as `uid` (and its group) like an app in a pod
+    /// beside a sidecar of another user: the kernel reports the app's closed sockets
+    /// (orphans, before TIME_WAIT) under UID 0, not the app's. `setpriv` keeps
+    /// `CAP_DAC_READ_SEARCH` so the process can read the venv under root's home.
+    pub fn uvicorn_as(uid: u32, extra_args: &[&str]) -> PythonServer {
+        let port = free_port();
+        let mut args = vec![
+            "app:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "{port}",
+            "--log-level",
+            "warning",
+        ];
+        args.extend_from_slice(extra_args);
+        PythonServer::start_as(Some(uid), port, "uvicorn", &args, &[])
+    }
+
     /// uvicorn whose app sends the sidecar's opt-in heartbeat to `addr`.
     pub fn uvicorn_with_heartbeat(addr: &str) -> PythonServer {
         PythonServer::uvicorn_with(&[], &[("APIW_HEARTBEAT_ADDR", addr)])
@@ -698,13 +719,40 @@ impl PythonServer {
     }
 
     fn start_on(port: u16, tool: &str, args: &[&str], env: &[(&str, &str)]) -> PythonServer {
+        PythonServer::start_as(None, port, tool, args, env)
+    }
+
+    fn start_as(
+        uid: Option<u32>,
+        port: u16,
+        tool: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> PythonServer {
         let args: Vec<String> = args
             .iter()
             .map(|a| a.replace("{port}", &port.to_string()))
             .collect();
+        let program = python_venv().join("bin").join(tool);
+        let mut command = match uid {
+            None => Command::new(&program),
+            Some(uid) => {
+                let mut c = Command::new("setpriv");
+                c.args([
+                    format!("--reuid={uid}"),
+                    format!("--regid={uid}"),
+                    "--clear-groups".into(),
+                    "--inh-caps=+dac_read_search".into(),
+                    "--ambient-caps=+dac_read_search".into(),
+                    "--".into(),
+                ])
+                .arg(&program);
+                c
+            }
+        };
         // Its own process group, so that drop stops the workers too: a killed gunicorn
         // master leaves uvicorn workers running (they do not watch their parent).
-        let child = Command::new(python_venv().join("bin").join(tool))
+        let child = command
             .process_group(0)
             .args(&args)
             .current_dir(repo_root().join("tests/apps"))
@@ -716,6 +764,12 @@ impl PythonServer {
         let server = PythonServer {
             child,
             addr: ([127, 0, 0, 1], port).into(),
+            uid: uid.unwrap_or_else(|| {
+                use std::os::unix::fs::MetadataExt;
+                std::fs::metadata("/proc/self")
+                    .map(|m| m.uid())
+                    .unwrap_or(0)
+            }),
         };
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
