@@ -67,6 +67,7 @@ mod tests {
                 bytes_received: Some(received),
                 data_segs_out: Some(segs_out),
             }),
+            cookie: None,
         }
     }
 

@@ -74,6 +74,10 @@ pub struct TcpRow {
     pub inode: u64,
     /// What `tcp_info` says (sock_diag only).
     pub tcp_info: Option<TcpInfo>,
+    /// The kernel's socket cookie (sock_diag only): unique per socket for the kernel's
+    /// uptime, kept by its TIME_WAIT successor, so a 4-tuple reused for a new connection
+    /// is told apart.
+    pub cookie: Option<u64>,
 }
 
 /// The fields of the kernel's `struct tcp_info` the sidecar reads.
@@ -132,6 +136,7 @@ fn parse_row(line: &str) -> Result<TcpRow, RowError> {
         uid: f[7].parse().map_err(|_| err())?,
         inode: f[9].parse().map_err(|_| err())?,
         tcp_info: None,
+        cookie: None,
     })
 }
 

@@ -69,6 +69,7 @@ fn row(response: &InetResponse) -> TcpRow {
         uid: h.uid,
         inode: u64::from(h.inode),
         tcp_info: tcp_info.and_then(self::tcp_info),
+        cookie: Some(u64::from_ne_bytes(id.cookie)),
     }
 }
 
@@ -95,6 +96,42 @@ fn request(family: u8, states: StateFlags) -> Vec<u8> {
     let mut buf = vec![0; packet.buffer_len()];
     packet.serialize(&mut buf);
     buf
+}
+
+/// The request for one socket by its 4-tuple and cookie (no dump flag): the kernel
+/// answers with that socket, TIME_WAIT included, or an error when there is none.
+fn lookup_request(row: &TcpRow) -> Option<Vec<u8>> {
+    let family = match row.local {
+        std::net::SocketAddr::V4(_) => AF_INET,
+        std::net::SocketAddr::V6(_) => AF_INET6,
+    };
+    let mut socket_id = if family == AF_INET {
+        SocketId::new_v4()
+    } else {
+        SocketId::new_v6()
+    };
+    socket_id.source_address = row.local.ip();
+    socket_id.source_port = row.local.port();
+    socket_id.destination_address = row.remote.ip();
+    socket_id.destination_port = row.remote.port();
+    socket_id.cookie = row.cookie?.to_ne_bytes();
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST;
+    let mut packet = NetlinkMessage::new(
+        header,
+        SockDiagMessage::InetRequest(InetRequest {
+            family,
+            protocol: IPPROTO_TCP,
+            extensions: ExtensionFlags::empty(),
+            states: StateFlags::all(),
+            socket_id,
+        })
+        .into(),
+    );
+    packet.finalize();
+    let mut buf = vec![0; packet.buffer_len()];
+    packet.serialize(&mut buf);
+    Some(buf)
 }
 
 /// A netlink socket kept open across polls.
@@ -130,6 +167,45 @@ impl SockDiag {
         Ok(rows)
     }
 
+    /// Whether the connection a destroyed socket ended lives on in TIME_WAIT on this
+    /// side, i.e. this side closed it first. The kernel moves a connection that closes
+    /// first to a TIME_WAIT socket (keeping its cookie) before it destroys the full
+    /// socket, and reuses the 4-tuple no sooner than a second later: asked right after
+    /// the destroy notification, the answer is exact.
+    pub fn closed_here(&mut self, ended: &TcpRow) -> std::io::Result<bool> {
+        let Some(request) = lookup_request(ended) else {
+            return Ok(false);
+        };
+        self.socket.send(&request, 0)?;
+        let mut rows = Vec::new();
+        match self.receive_one(&mut rows) {
+            Ok(()) => Ok(rows
+                .iter()
+                .any(|r| r.state == TcpState::TimeWait && r.cookie == ended.cookie)),
+            // ENOENT: no socket on that 4-tuple (the peer closed first, or a reset).
+            Err(e) if e.raw_os_error() == Some(ENOENT) => Ok(false),
+            // ESTALE: the 4-tuple is another socket's now (a reused TIME_WAIT tuple).
+            Err(e) if e.raw_os_error() == Some(ESTALE) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The answer to a single-socket request: one response or an error, no Done.
+    fn receive_one(&mut self, rows: &mut Vec<TcpRow>) -> std::io::Result<()> {
+        let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+        let size = self.socket.recv(&mut &mut self.buf[..], 0)?;
+        let message = NetlinkMessage::<SockDiagMessage>::deserialize(&self.buf[..size])
+            .map_err(|e| invalid(e.to_string()))?;
+        match message.payload {
+            NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
+                rows.push(row(&r));
+                Ok(())
+            }
+            NetlinkPayload::Error(e) => Err(e.to_io()),
+            _ => Ok(()),
+        }
+    }
+
     fn receive(&mut self, rows: &mut Vec<TcpRow>) -> std::io::Result<()> {
         let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
         loop {
@@ -154,6 +230,63 @@ impl SockDiag {
                 offset += length;
             }
         }
+    }
+}
+
+/// The kernel's notification of every TCP socket of the namespace as it is destroyed
+/// (multicast group `SKNLGRP_INET_TCP_DESTROY` of `NETLINK_SOCK_DIAG`; no capability
+/// needed), with its 4-tuple, cookie and final `tcp_info`. Sampling sees a connection only
+/// if it lives across a sample or leaves TIME_WAIT on this side; this sees every one.
+#[derive(Debug)]
+pub struct DestroyFeed {
+    socket: Socket,
+    buf: Vec<u8>,
+}
+
+/// Linux errno values a single-socket request answers with.
+const ENOENT: i32 = 2;
+const ESTALE: i32 = 116;
+
+/// `SKNLGRP_INET_TCP_DESTROY` (include/uapi/linux/sock_diag.h).
+const TCP_DESTROY_GROUP: u32 = 1;
+
+impl DestroyFeed {
+    pub fn subscribe() -> std::io::Result<DestroyFeed> {
+        let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
+        socket.bind_auto()?;
+        // Room for bursts (about 200 bytes a socket): what overflows is lost (ENOBUFS).
+        let _ = socket.set_rx_buf_sz(4 << 20);
+        socket.add_membership(TCP_DESTROY_GROUP)?;
+        Ok(DestroyFeed {
+            socket,
+            buf: vec![0; 256 * 1024],
+        })
+    }
+
+    /// Blocks for the next notifications; the sockets they name (listeners left out).
+    /// `ENOBUFS` means some were lost to a full receive buffer.
+    pub fn wait_ended(&mut self) -> std::io::Result<Vec<TcpRow>> {
+        let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+        let size = self.socket.recv(&mut &mut self.buf[..], 0)?;
+        let mut rows = Vec::new();
+        let mut offset = 0;
+        while offset < size {
+            let message = NetlinkMessage::<SockDiagMessage>::deserialize(&self.buf[offset..size])
+                .map_err(|e| invalid(e.to_string()))?;
+            let length = message.header.length as usize;
+            if let NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) = message.payload
+            {
+                let ended = row(&r);
+                if ended.remote.port() != 0 {
+                    rows.push(ended);
+                }
+            }
+            if length == 0 {
+                break;
+            }
+            offset += length.next_multiple_of(4);
+        }
+        Ok(rows)
     }
 }
 
@@ -253,6 +386,66 @@ mod tests {
         assert!(
             answered.last_data_sent < answered.last_data_recv,
             "{answered:?}"
+        );
+    }
+
+    /// The real kernel: every socket of a connection is reported as it is destroyed, with
+    /// the cookie a dump showed while it was open and its final `tcp_info`; the side that
+    /// closed first lives on in TIME_WAIT and is told apart from the other.
+    #[test]
+    fn destroyed_sockets_are_notified_with_their_cookie_and_who_closed() {
+        use std::io::{Read, Write};
+        let mut feed = DestroyFeed::subscribe().unwrap();
+        let mut diag = SockDiag::open().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        let client_addr = client.local_addr().unwrap();
+        let open = diag.dump().unwrap();
+        let cookie_of = |rows: &[TcpRow], local_port: u16| {
+            rows.iter()
+                .find(|r| r.local.port() == local_port && r.remote.port() != 0)
+                .and_then(|r| r.cookie)
+                .expect("a cookie")
+        };
+        let (client_cookie, server_cookie) =
+            (cookie_of(&open, client_addr.port()), cookie_of(&open, port));
+        client.write_all(b"ping").unwrap();
+        let mut four = [0u8; 4];
+        server.read_exact(&mut four).unwrap();
+        // The server closes first (as a keep-alive timeout does), then the client.
+        drop(server);
+        let mut rest = vec![];
+        client.read_to_end(&mut rest).unwrap();
+        drop(client);
+        let mut ended = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while ended.len() < 2 && std::time::Instant::now() < deadline {
+            ended.extend(
+                feed.wait_ended()
+                    .unwrap()
+                    .into_iter()
+                    .filter(|r| r.local.port() == port || r.remote.port() == port),
+            );
+        }
+        let server_end = ended.iter().find(|r| r.local.port() == port).unwrap();
+        let client_end = ended.iter().find(|r| r.remote.port() == port).unwrap();
+        assert_eq!(
+            (server_end.cookie, client_end.cookie),
+            (Some(server_cookie), Some(client_cookie)),
+            "the cookies a dump showed while open"
+        );
+        let info = server_end.tcp_info.expect("the final tcp_info");
+        // The 4 bytes, plus the client's FIN, which counts in sequence space.
+        assert_eq!(info.bytes_received, Some(5));
+        assert!(
+            diag.closed_here(server_end).unwrap(),
+            "the server closed first"
+        );
+        assert!(
+            !diag.closed_here(client_end).unwrap(),
+            "the client closed second"
         );
     }
 }

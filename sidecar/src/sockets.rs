@@ -347,6 +347,7 @@ mod tests {
             uid: 10001,
             inode: 1,
             tcp_info: None,
+            cookie: None,
         }
     }
 
