@@ -14,6 +14,7 @@ pub mod dns;
 pub mod evaluate;
 pub mod heartbeat;
 pub mod inflight;
+pub mod ledger;
 pub mod metrics;
 pub mod podstatus;
 pub mod procnet;

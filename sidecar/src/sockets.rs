@@ -17,7 +17,10 @@ use std::{
     time::Instant,
 };
 
-use crate::procnet::{TcpRow, TcpState};
+use crate::{
+    ledger::Direction,
+    procnet::{TcpRow, TcpState},
+};
 
 /// A connection's identity.
 pub type ConnKey = (SocketAddr, SocketAddr);
@@ -42,21 +45,48 @@ pub fn classify(
     sidecar_port: u16,
     is_app: impl Fn(u32) -> bool,
 ) -> (Vec<TcpRow>, Vec<TcpRow>) {
-    let listening: HashSet<u16> = rows
-        .iter()
-        .filter(|r| r.state == TcpState::Listen)
-        .map(|r| r.local.port())
-        .collect();
+    let sides = Sides::of(&rows, app_port, sidecar_port);
     rows.into_iter()
-        .filter(|r| !from_canary(r.remote) && !from_canary(r.local))
         .filter(|r| r.local.port() == app_port || r.state.is_orphan() || is_app(r.uid))
-        .filter(|r| {
-            r.local.port() == app_port
-                || !(listening.contains(&r.local.port())
-                    || r.remote.port() == app_port
-                    || r.remote.port() == sidecar_port)
-        })
+        .filter(|r| sides.direction(r).is_some())
         .partition(|r| r.local.port() == app_port)
+}
+
+/// Which of the app's connections a socket is, by its addresses alone (not its user):
+/// see [`classify`].
+#[derive(Debug, Clone, Default)]
+pub struct Sides {
+    app_port: u16,
+    sidecar_port: u16,
+    listening: HashSet<u16>,
+}
+
+impl Sides {
+    /// With the listening ports of one sample of the namespace.
+    pub fn of(rows: &[TcpRow], app_port: u16, sidecar_port: u16) -> Sides {
+        Sides {
+            app_port,
+            sidecar_port,
+            listening: rows
+                .iter()
+                .filter(|r| r.state == TcpState::Listen)
+                .map(|r| r.local.port())
+                .collect(),
+        }
+    }
+
+    pub fn direction(&self, r: &TcpRow) -> Option<Direction> {
+        if from_canary(r.remote) || from_canary(r.local) {
+            return None;
+        }
+        if r.local.port() == self.app_port {
+            return Some(Direction::Inbound);
+        }
+        let foreign = self.listening.contains(&r.local.port())
+            || r.remote.port() == self.app_port
+            || r.remote.port() == self.sidecar_port;
+        (!foreign).then_some(Direction::Outbound)
+    }
 }
 
 /// Which UIDs are the app's: `--app-uid` when given, else every UID but the sidecar's.

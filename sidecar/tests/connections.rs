@@ -232,7 +232,8 @@ fn sidecar_with_source(app: &PythonServer, source: &str) -> Sidecar {
 /// Server keep-alive 2 s behind a client that keeps idle connections 3 s (a load
 /// balancer's pool with a 60 s idle timeout): KeepAliveChurn. The same client against a
 /// keep-alive longer than its idle time: never a server close, not flagged. The short
-/// one is watched twice, through sock_diag and through the /proc fallback: both exact.
+/// one is watched twice, through sock_diag (exact accounting from the kernel's end
+/// notifications) and through the /proc fallback (samples): both exact here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keep_alive_shorter_than_the_clients_idle_time_is_keep_alive_churn() {
     let _turn = BINARY_TESTS.lock().await;
@@ -253,8 +254,10 @@ async fn keep_alive_shorter_than_the_clients_idle_time_is_keep_alive_churn() {
         let long = pooled_client_with_idle(b, 3, Duration::from_secs(4), 3);
         (short.join().unwrap(), long)
     });
-    let ((renewed_short, _short_pool), (renewed_long, _long_pool)) = clients.await.unwrap();
-    // One more sample after the last close.
+    let ((renewed_short, short_pool), (renewed_long, _long_pool)) = clients.await.unwrap();
+    // The short app closed the last 3 (FIN_WAIT2 on its side): the client's close ends
+    // them. One more sample after.
+    drop(short_pool);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let closes = |s: &Sidecar| {
         s.metric("apiworkload_sidecar_tcp_inbound_connections_closed_total{closer=\"server_idle\"}")
@@ -279,6 +282,19 @@ async fn keep_alive_shorter_than_the_clients_idle_time_is_keep_alive_churn() {
     assert_eq!(
         short_by_proc.metric("apiworkload_sidecar_socket_source{source=\"proc\"}"),
         Some(1.0)
+    );
+    let accounting = |s: &Sidecar, method: &str| {
+        s.metric(&format!(
+            "apiworkload_sidecar_connection_accounting{{method=\"{method}\"}}"
+        ))
+    };
+    assert_eq!(
+        (
+            accounting(&short_sidecar, "exact"),
+            accounting(&short_by_proc, "sampled")
+        ),
+        (Some(1.0), Some(1.0)),
+        "sock_diag counts from the kernel's end notifications; /proc from samples"
     );
     assert_eq!(
         renewed_short, 6,

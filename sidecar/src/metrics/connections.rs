@@ -54,6 +54,13 @@ pub struct ConnectionMetrics {
     close_wait: Gauge,
     netns: Family<CounterNameLabels, Counter>,
     socket_source: Family<SourceLabels, Gauge>,
+    accounting: Family<MethodLabels, Gauge>,
+    end_notifications_lost: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    method: String,
 }
 
 impl ConnectionMetrics {
@@ -73,6 +80,8 @@ impl ConnectionMetrics {
             close_wait: Gauge::default(),
             netns: Family::default(),
             socket_source: Family::default(),
+            accounting: Family::default(),
+            end_notifications_lost: Counter::default(),
         };
         registry.register(
             "tcp_outbound_connections_opened",
@@ -136,7 +145,31 @@ impl ConnectionMetrics {
             "1 for where socket samples come from: netlink (sock_diag), proc (/proc/net/tcp), or none (neither readable)",
             m.socket_source.clone(),
         );
+        registry.register(
+            "connection_accounting",
+            "1 for how connections are counted: exact (every connection by its socket cookie, closes from the kernel's notifications) or sampled (what 1 s samples show: connections living between samples and closed by the peer are missed)",
+            m.accounting.clone(),
+        );
+        registry.register(
+            "connection_end_notifications_lost",
+            "Times the kernel's connection-end notifications overflowed the sidecar's buffer (the connections they named are then counted from samples)",
+            m.end_notifications_lost.clone(),
+        );
         m
+    }
+
+    pub fn set_accounting(&self, exact: bool) {
+        for (method, on) in [("exact", exact), ("sampled", !exact)] {
+            self.accounting
+                .get_or_create(&MethodLabels {
+                    method: method.into(),
+                })
+                .set(i64::from(on));
+        }
+    }
+
+    pub fn add_end_notifications_lost(&self, n: u64) {
+        self.end_notifications_lost.inc_by(n);
     }
 
     pub fn set_socket_source(&self, source: &str) {
