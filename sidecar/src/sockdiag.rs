@@ -98,9 +98,9 @@ fn request(family: u8, states: StateFlags) -> Vec<u8> {
     buf
 }
 
-/// The request for one socket by its 4-tuple and cookie (no dump flag): the kernel
-/// answers with that socket, TIME_WAIT included, or an error when there is none.
-fn lookup_request(row: &TcpRow) -> Option<Vec<u8>> {
+/// The request for the socket on a 4-tuple (no dump flag, any cookie): the kernel answers
+/// with that socket, TIME_WAIT included, or an error when there is none.
+fn lookup_request(row: &TcpRow) -> Vec<u8> {
     let family = match row.local {
         std::net::SocketAddr::V4(_) => AF_INET,
         std::net::SocketAddr::V6(_) => AF_INET6,
@@ -114,7 +114,9 @@ fn lookup_request(row: &TcpRow) -> Option<Vec<u8>> {
     socket_id.source_port = row.local.port();
     socket_id.destination_address = row.remote.ip();
     socket_id.destination_port = row.remote.port();
-    socket_id.cookie = row.cookie?.to_ne_bytes();
+    // INET_DIAG_NOCOOKIE: a TIME_WAIT socket has the cookie of the connection it
+    // succeeds only if one was generated before the close (by a dump); otherwise its own.
+    socket_id.cookie = [0xff; 8];
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST;
     let mut packet = NetlinkMessage::new(
@@ -131,7 +133,7 @@ fn lookup_request(row: &TcpRow) -> Option<Vec<u8>> {
     packet.finalize();
     let mut buf = vec![0; packet.buffer_len()];
     packet.serialize(&mut buf);
-    Some(buf)
+    buf
 }
 
 /// A netlink socket kept open across polls.
@@ -169,23 +171,18 @@ impl SockDiag {
 
     /// Whether the connection a destroyed socket ended lives on in TIME_WAIT on this
     /// side, i.e. this side closed it first. The kernel moves a connection that closes
-    /// first to a TIME_WAIT socket (keeping its cookie) before it destroys the full
-    /// socket, and reuses the 4-tuple no sooner than a second later: asked right after
-    /// the destroy notification, the answer is exact.
+    /// first to a TIME_WAIT socket before it destroys the full socket. A TIME_WAIT socket
+    /// on the 4-tuple is this connection's: an older one was removed when this connection
+    /// reused the 4-tuple, and a newer one cannot exist before the kernel reuses it, a
+    /// second later at the soonest. Asked right after the destroy notification, the
+    /// answer is exact.
     pub fn closed_here(&mut self, ended: &TcpRow) -> std::io::Result<bool> {
-        let Some(request) = lookup_request(ended) else {
-            return Ok(false);
-        };
-        self.socket.send(&request, 0)?;
+        self.socket.send(&lookup_request(ended), 0)?;
         let mut rows = Vec::new();
         match self.receive_one(&mut rows) {
-            Ok(()) => Ok(rows
-                .iter()
-                .any(|r| r.state == TcpState::TimeWait && r.cookie == ended.cookie)),
+            Ok(()) => Ok(rows.iter().any(|r| r.state == TcpState::TimeWait)),
             // ENOENT: no socket on that 4-tuple (the peer closed first, or a reset).
             Err(e) if e.raw_os_error() == Some(ENOENT) => Ok(false),
-            // ESTALE: the 4-tuple is another socket's now (a reused TIME_WAIT tuple).
-            Err(e) if e.raw_os_error() == Some(ESTALE) => Ok(false),
             Err(e) => Err(e),
         }
     }
@@ -243,9 +240,8 @@ pub struct DestroyFeed {
     buf: Vec<u8>,
 }
 
-/// Linux errno values a single-socket request answers with.
+/// What a single-socket request answers when there is none (Linux errno).
 const ENOENT: i32 = 2;
-const ESTALE: i32 = 116;
 
 /// `SKNLGRP_INET_TCP_DESTROY` (include/uapi/linux/sock_diag.h).
 const TCP_DESTROY_GROUP: u32 = 1;
@@ -446,6 +442,35 @@ mod tests {
         assert!(
             !diag.closed_here(client_end).unwrap(),
             "the client closed second"
+        );
+
+        // A connection no dump saw while it was open, closed by the client first: its
+        // TIME_WAIT socket then has a cookie of its own (found by the 4-tuple).
+        let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        drop(client.write_all(b"ping"));
+        server.read_exact(&mut four).unwrap();
+        drop(client);
+        server.read_to_end(&mut rest).unwrap();
+        drop(server);
+        let mut ended = Vec::new();
+        while ended.len() < 2 && std::time::Instant::now() < deadline {
+            ended.extend(
+                feed.wait_ended()
+                    .unwrap()
+                    .into_iter()
+                    .filter(|r| r.local.port() == port || r.remote.port() == port),
+            );
+        }
+        let server_end = ended.iter().find(|r| r.local.port() == port).unwrap();
+        let client_end = ended.iter().find(|r| r.remote.port() == port).unwrap();
+        assert_eq!(
+            (
+                diag.closed_here(client_end).unwrap(),
+                diag.closed_here(server_end).unwrap()
+            ),
+            (true, false),
+            "the client closed first"
         );
     }
 }
