@@ -209,6 +209,19 @@ pub async fn lookup(
     target: &str,
     mode: Mode,
 ) -> Lookup {
+    lookup_reporting(conf, nameservers, target, mode, |_| {}).await
+}
+
+/// As [`lookup`], handing each query to `on_query` as soon as it is done: a lookup
+/// against dead nameservers takes the resolver's timeout for every query (minutes for a
+/// search walk), and its timeouts are evidence long before the lookup ends.
+pub async fn lookup_reporting(
+    conf: &ResolvConf,
+    nameservers: &[SocketAddr],
+    target: &str,
+    mode: Mode,
+    mut on_query: impl FnMut(&QueryRecord),
+) -> Lookup {
     let started = Instant::now();
     let names = match mode {
         Mode::AsApp => candidates(target, conf),
@@ -228,6 +241,8 @@ pub async fn lookup(
             )
         };
         let answered = a.answers + aaaa.answers > 0;
+        on_query(&a);
+        on_query(&aaaa);
         queries.push(a);
         queries.push(aaaa);
         if answered {

@@ -116,14 +116,17 @@ impl WindowAccumulator {
 /// One measurement from a watcher.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Evidence {
-    /// One probed lookup. `as_app`: resolved as the app does (search list and all);
-    /// otherwise as the name alone, which only contributes its timeouts.
+    /// One probed lookup, once done. `as_app`: resolved as the app does (search list
+    /// and all): its queries per lookup and time count; as the name alone, nothing more
+    /// than its queries (reported one by one as [`Evidence::DnsQuery`]).
     DnsLookup {
         as_app: bool,
         queries: u64,
-        timeouts: u64,
         seconds: f64,
     },
+    /// One query of a probed lookup, as soon as it is answered or timed out: a window
+    /// sees the timeouts of lookups still under way.
+    DnsQuery { timed_out: bool },
     /// Canary requests since the last report; `stalled_now_seconds`: how long the probe
     /// outstanding past the stall threshold right now has been waiting (0: none).
     Canary {
@@ -159,14 +162,15 @@ impl WindowAccumulator {
     /// Folds one piece of evidence into the window.
     pub fn add(&mut self, evidence: Evidence) {
         match evidence {
+            Evidence::DnsQuery { timed_out } => {
+                self.dns_queries_sent += 1;
+                self.dns_timeouts += u64::from(timed_out);
+            }
             Evidence::DnsLookup {
                 as_app,
                 queries,
-                timeouts,
                 seconds,
             } => {
-                self.dns_timeouts += timeouts;
-                self.dns_queries_sent += queries;
                 if as_app {
                     self.dns_lookups += 1;
                     self.dns_queries += queries;
@@ -234,15 +238,25 @@ mod tests {
     #[test]
     fn dns_ratio_counts_only_lookups_made_as_the_app_makes_them() {
         let mut w = WindowAccumulator::default();
-        let lookup = |as_app, queries, timeouts, seconds| Evidence::DnsLookup {
-            as_app,
-            queries,
-            timeouts,
-            seconds,
+        let lookup = |as_app, queries, timeouts: u64, seconds| {
+            let answered = (0..queries - timeouts).map(|_| Evidence::DnsQuery { timed_out: false });
+            let timed_out = (0..timeouts).map(|_| Evidence::DnsQuery { timed_out: true });
+            let done = Evidence::DnsLookup {
+                as_app,
+                queries,
+                seconds,
+            };
+            answered.chain(timed_out).chain([done]).collect::<Vec<_>>()
         };
-        w.add(lookup(true, 8, 0, 0.004));
-        w.add(lookup(true, 2, 1, 5.0));
-        w.add(lookup(false, 2, 1, 9.0));
+        for evidence in [
+            lookup(true, 8, 0, 0.004),
+            lookup(true, 2, 1, 5.0),
+            lookup(false, 2, 1, 9.0),
+        ]
+        .concat()
+        {
+            w.add(evidence);
+        }
         w.window_seconds = 10.0;
         let window = w.finish(1.0);
         assert_eq!(window.dns_queries_per_lookup, Some(5.0));
@@ -252,8 +266,26 @@ mod tests {
             "the FQDN lookup is not the app's"
         );
         assert_eq!(
-            window.dns_timeouts, 2,
-            "a timeout counts whichever way the name was asked"
+            (window.dns_timeouts, window.dns_queries),
+            (2, 12),
+            "every query counts whichever way the name was asked"
+        );
+    }
+
+    #[test]
+    fn timeouts_count_in_the_window_they_happen_in_before_their_lookup_ends() {
+        let mut w = WindowAccumulator::default();
+        w.add(Evidence::DnsQuery { timed_out: true });
+        w.add(Evidence::DnsQuery { timed_out: true });
+        w.window_seconds = 10.0;
+        let window = w.finish(1.0);
+        assert_eq!(
+            (
+                window.dns_timeouts,
+                window.dns_queries,
+                window.dns_queries_per_lookup
+            ),
+            (2, 2, None)
         );
     }
 

@@ -34,7 +34,12 @@ pub async fn probe(
         let mut round = Vec::new();
         for target in &config.app.dns_probes {
             for mode in [Mode::AsApp, Mode::Fqdn] {
-                let lookup = dns::lookup(&conf, &nameservers, target, mode).await;
+                let lookup = dns::lookup_reporting(&conf, &nameservers, target, mode, |q| {
+                    evidence.send(Evidence::DnsQuery {
+                        timed_out: q.rcode == Rcode::Timeout,
+                    })
+                })
+                .await;
                 recorder.record(&lookup);
                 evidence.send(evidence_of(&lookup));
                 round.push(lookup);
@@ -53,11 +58,6 @@ fn evidence_of(lookup: &Lookup) -> Evidence {
     Evidence::DnsLookup {
         as_app: lookup.mode == Mode::AsApp,
         queries: lookup.queries.len() as u64,
-        timeouts: lookup
-            .queries
-            .iter()
-            .filter(|q| q.rcode == Rcode::Timeout)
-            .count() as u64,
         seconds: lookup.seconds,
     }
 }

@@ -1,0 +1,146 @@
+//! How soon a DNS fault is named with the sidecar's default timing (`--dns-interval`,
+//! `--window`): each sidecar resolves through a relay in front of a real DNS server
+//! (dnsmasq), healthy at first; then, at a moment unrelated to the sidecar's rounds, the
+//! pod's resolv.conf gains `ndots:5` and a search list, the nameserver stops answering,
+//! or every answer takes 800 ms. Target (#20): every fault named within 60 s.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU8, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+mod support;
+
+use apiworkload_e2e::process::Sidecar;
+use support::Dnsmasq;
+use tokio::net::UdpSocket;
+
+const PASS: u8 = 0;
+const DROP: u8 = 1;
+const SLOW: u8 = 2;
+
+/// A UDP relay to `upstream` that passes, drops or delays (800 ms) queries as `mode` says.
+async fn switchable_relay(upstream: SocketAddr, mode: Arc<AtomicU8>) -> SocketAddr {
+    let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let addr = front.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let Ok((len, client)) = front.recv_from(&mut buf).await else {
+                return;
+            };
+            let packet = buf[..len].to_vec();
+            let (front, mode) = (front.clone(), mode.load(Ordering::Relaxed));
+            tokio::spawn(async move {
+                match mode {
+                    DROP => return,
+                    SLOW => tokio::time::sleep(Duration::from_millis(800)).await,
+                    _ => {}
+                }
+                let back = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                back.send_to(&packet, upstream).await.unwrap();
+                let mut reply = vec![0u8; 4096];
+                if let Ok(Ok(n)) =
+                    tokio::time::timeout(Duration::from_secs(2), back.recv(&mut reply)).await
+                {
+                    let _ = front.send_to(&reply[..n], client).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+struct Probed {
+    sidecar: Sidecar,
+    mode: Arc<AtomicU8>,
+    resolv: std::path::PathBuf,
+}
+
+const HEALTHY_RESOLV: &str = "nameserver 127.0.0.1\noptions ndots:1\n";
+
+async fn probed(server: &Dnsmasq, name: &str) -> Probed {
+    let mode = Arc::new(AtomicU8::new(PASS));
+    let relay = switchable_relay(server.addr, mode.clone()).await;
+    let resolv =
+        std::env::temp_dir().join(format!("resolv-detection-{name}-{}.conf", relay.port()));
+    std::fs::write(&resolv, HEALTHY_RESOLV).unwrap();
+    // Default --dns-interval and --window: only where to probe is set.
+    let sidecar = Sidecar::start(&[
+        "--dns-probe=api.example.test".into(),
+        format!("--dns-port={}", relay.port()),
+        format!("--resolv-conf={}", resolv.display()),
+    ]);
+    Probed {
+        sidecar,
+        mode,
+        resolv,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_dns_fault_is_named_within_60_s_with_default_timing() {
+    let server = tokio::task::spawn_blocking(Dnsmasq::start).await.unwrap();
+    let amplified = probed(&server, "amplified").await;
+    let silent = probed(&server, "silent").await;
+    let slow = probed(&server, "slow").await;
+    // Healthy for a while, so the faults begin mid-round (the rounds start with the
+    // sidecars; 13 s is no multiple of the 15 s interval or the 10 s window).
+    tokio::time::sleep(Duration::from_secs(13)).await;
+    for p in [&amplified, &silent, &slow] {
+        let dns = p.sidecar.condition("DNSHealthy");
+        assert_eq!(
+            dns.as_ref().map(|c| c.0),
+            Some(true),
+            "healthy before the fault: {dns:?}"
+        );
+    }
+
+    let faulted = Instant::now();
+    std::fs::write(
+        &amplified.resolv,
+        "search ns.svc.cluster.local svc.cluster.local cluster.local\nnameserver 127.0.0.1\noptions ndots:5\n",
+    )
+    .unwrap();
+    silent.mode.store(DROP, Ordering::Relaxed);
+    slow.mode.store(SLOW, Ordering::Relaxed);
+
+    let cases = [
+        ("SearchAmplification", &amplified),
+        ("Timeouts", &silent),
+        ("SlowResolution", &slow),
+    ];
+    let mut named = vec![None; cases.len()];
+    while named.iter().any(Option::is_none) && faulted.elapsed() < Duration::from_secs(90) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for ((_, p), at) in cases.iter().zip(named.iter_mut()) {
+            if at.is_none()
+                && let Some((false, reason)) = p.sidecar.condition("DNSHealthy")
+            {
+                *at = Some((faulted.elapsed(), reason));
+            }
+        }
+    }
+    for ((expected, p), seen) in cases.iter().zip(&named) {
+        eprintln!("{expected}: named after {seen:?}");
+        let (after, reason) = seen.clone().unwrap_or_else(|| {
+            panic!(
+                "{expected} not named within 90 s: {:#}",
+                p.sidecar.report().unwrap_or_default()
+            )
+        });
+        assert_eq!(&reason, expected);
+        assert!(
+            after <= Duration::from_secs(60),
+            "{expected} named after {after:?}, target 60 s"
+        );
+    }
+    for p in [&amplified, &silent, &slow] {
+        let _ = std::fs::remove_file(&p.resolv);
+    }
+}
