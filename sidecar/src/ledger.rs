@@ -69,7 +69,7 @@ pub struct Ledger {
     open: HashMap<u64, Open>,
     inbound: InboundCounts,
     outbound: OutboundDelta,
-    /// Connections taken as ended without a notification.
+    /// Connections taken as ended without a notification (not yet taken).
     pub presumed_ended: u64,
 }
 
@@ -181,11 +181,15 @@ impl Ledger {
     }
 }
 
-/// The cookie of a row that is a connection still open (not a listener, not TIME_WAIT).
+/// The cookie of a row that is a connection still open: a full socket (sock_diag gives
+/// those `tcp_info`), not a listener. A closed connection the kernel keeps as a timewait
+/// socket (TIME_WAIT, or FIN_WAIT2 after this side's close, already notified as ended)
+/// has none, nor has a half-open one in the SYN queue; and the timewait socket's cookie is
+/// the connection's only if one was generated before the close.
 fn open_cookie(row: &TcpRow) -> Option<u64> {
     match row.state {
         TcpState::Listen | TcpState::TimeWait => None,
-        _ => row.cookie,
+        _ => row.tcp_info.and(row.cookie),
     }
 }
 
@@ -204,6 +208,7 @@ mod tests {
     use super::*;
     use crate::procnet::TcpInfo;
 
+    /// A full socket, as sock_diag shows it (with `tcp_info`).
     fn conn(cookie: u64, state: TcpState) -> TcpRow {
         TcpRow {
             local: ([127, 0, 0, 1], 8000).into(),
@@ -213,7 +218,7 @@ mod tests {
             tx_queue: 0,
             uid: 10001,
             inode: 1,
-            tcp_info: None,
+            tcp_info: Some(TcpInfo::default()),
             cookie: Some(cookie),
         }
     }
@@ -293,6 +298,26 @@ mod tests {
             ),
             (4, 2, 1, 1)
         );
+    }
+
+    /// Seen on the real kernel: a server's keep-alive close of an idle connection is
+    /// notified at once (the orphaned FIN_WAIT2 socket becomes a timewait socket), which
+    /// then shows in samples as FIN_WAIT2 without `tcp_info`, under the same cookie.
+    #[test]
+    fn a_timewait_socket_after_the_end_is_no_new_connection() {
+        let t0 = Instant::now();
+        let mut ledger = Ledger::default();
+        ledger.observe([(Direction::Inbound, &conn(8, TcpState::Established))], t0);
+        ledger.end(Direction::Inbound, &ended(8, true, Some(5000), t0));
+        let timewait = |state| TcpRow {
+            tcp_info: None,
+            ..conn(8, state)
+        };
+        for state in [TcpState::FinWait2, TcpState::TimeWait] {
+            ledger.observe([(Direction::Inbound, &timewait(state))], t0);
+        }
+        let c = ledger.take_inbound();
+        assert_eq!((c.opened, c.closed_idle_by_server), (1, 1));
     }
 
     #[test]

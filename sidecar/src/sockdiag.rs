@@ -169,9 +169,11 @@ impl SockDiag {
         Ok(rows)
     }
 
-    /// Whether the connection a destroyed socket ended lives on in TIME_WAIT on this
-    /// side, i.e. this side closed it first. The kernel moves a connection that closes
-    /// first to a TIME_WAIT socket before it destroys the full socket. A TIME_WAIT socket
+    /// Whether the connection a destroyed socket ended lives on in a timewait socket on
+    /// this side, i.e. this side closed it first. The kernel moves a connection this side
+    /// closed first to a timewait socket before it destroys the full one: in TIME_WAIT,
+    /// or still in FIN_WAIT2 when the process closed it while the peer had not (a
+    /// server's keep-alive close: notified at the close, not when the peer answers). One
     /// on the 4-tuple is this connection's: an older one was removed when this connection
     /// reused the 4-tuple, and a newer one cannot exist before the kernel reuses it, a
     /// second later at the soonest. Asked right after the destroy notification, the
@@ -180,7 +182,12 @@ impl SockDiag {
         self.socket.send(&lookup_request(ended), 0)?;
         let mut rows = Vec::new();
         match self.receive_one(&mut rows) {
-            Ok(()) => Ok(rows.iter().any(|r| r.state == TcpState::TimeWait)),
+            Ok(()) => Ok(rows.iter().any(|r| {
+                matches!(
+                    r.state,
+                    TcpState::TimeWait | TcpState::FinWait2 | TcpState::Closing
+                )
+            })),
             // ENOENT: no socket on that 4-tuple (the peer closed first, or a reset).
             Err(e) if e.raw_os_error() == Some(ENOENT) => Ok(false),
             Err(e) => Err(e),

@@ -359,3 +359,81 @@ async fn the_sidecar_flags_a_client_per_call_and_not_a_shared_client() {
     assert_eq!(verdicts[0], Some((false, "OutboundChurn".to_string())));
     assert_eq!(verdicts[1], Some((true, "Reused".to_string())));
 }
+
+/// Who closed each connection, exactly (#20, item 2: sampling read most of a server's
+/// keep-alive closes as the client's). Against an app with a 2 s keep-alive, run as a
+/// user of its own, 8 connections of each kind at once: closed by the client after its
+/// response; by the server after its response (`Connection: close`); by the server's
+/// keep-alive, then the client; and by the keep-alive raced by the client's next request
+/// (a reset on the server's half-closed socket: the balancer's 502, no TIME_WAIT).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_close_is_attributed_to_who_closed() {
+    const EACH: usize = 8;
+    let _turn = BINARY_TESTS.lock().await;
+    let app = tokio::task::spawn_blocking(|| app_with_keep_alive(2))
+        .await
+        .unwrap();
+    let sidecar = sidecar_for(&app);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let addr = app.addr;
+    let request = move |close: bool| {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let path = if close { "/healthz?close" } else { "/healthz" };
+        if close {
+            write!(
+                s,
+                "GET {path} HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n"
+            )
+            .unwrap();
+            let mut all = Vec::new();
+            s.read_to_end(&mut all).unwrap();
+        } else {
+            exchange(&mut s, path).expect("answered");
+        }
+        s
+    };
+    let clients: Vec<_> = (0..4 * EACH)
+        .map(|i| {
+            std::thread::spawn(move || match i % 4 {
+                0 => drop(request(false)),
+                1 => drop(request(true)),
+                2 => {
+                    let mut s = request(false);
+                    let mut rest = Vec::new();
+                    s.read_to_end(&mut rest).unwrap(); // the server's close
+                }
+                _ => {
+                    let mut s = request(false);
+                    std::thread::sleep(Duration::from_millis(3500));
+                    let _ = write!(s, "GET /healthz HTTP/1.1\r\nHost: app\r\n\r\n");
+                    let _ = s.read(&mut [0u8; 64]); // the reset
+                }
+            })
+        })
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        for c in clients {
+            c.join().unwrap();
+        }
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let closed = |closer: &str| {
+        sidecar.metric(&format!(
+            "apiworkload_sidecar_tcp_inbound_connections_closed_total{{closer=\"{closer}\"}}"
+        ))
+    };
+    let each = Some(EACH as f64);
+    assert_eq!(
+        (
+            sidecar.metric("apiworkload_sidecar_tcp_inbound_connections_opened_total"),
+            closed("client"),
+            closed("server"),
+            closed("server_idle"),
+        ),
+        (Some(4.0 * EACH as f64), each, each, Some(2.0 * EACH as f64)),
+        "(opened, closed by client, by server after its response, by its keep-alive)"
+    );
+}

@@ -165,6 +165,9 @@ pub async fn watch(config: Config, metrics: Arc<Metrics>, evidence: EvidenceSink
                 metrics
                     .connections
                     .add_end_notifications_lost(feed.take_lost());
+                metrics
+                    .connections
+                    .add_ends_presumed(std::mem::take(&mut ledger.presumed_ended));
                 (ledger.take_inbound(), ledger.take_outbound())
             }
             None => (sampled_counts, sampled_delta),
