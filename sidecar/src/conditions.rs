@@ -47,6 +47,35 @@ impl Default for Thresholds {
     }
 }
 
+impl Thresholds {
+    /// The conditions, their reasons and these thresholds, for `--help`.
+    pub fn describe(&self) -> String {
+        format!(
+            "Conditions (a window is --window long; a condition turns False after {FALSE_AFTER} bad windows in a row and True after {TRUE_AFTER} good ones):
+  EventLoopResponsive
+    LoopStalled      the event loop stalled more than {stalled:.0} % of a window (canary or heartbeat)
+    AcceptBacklog    {accept} or more connections waiting to be accepted
+    AppUnreachable   no canary request answered in a window, after the app had answered
+  DNSHealthy
+    SearchAmplification  more than {queries} DNS queries per lookup
+    Timeouts         DNS queries unanswered (some, or all)
+    SlowResolution   a lookup slower than {slow} ms
+  ConnectionsReused
+    OutboundChurn    more than {outbound} new outbound connections/s living under {lifetime} s
+    KeepAliveChurn   more than {closes} server keep-alive closes/s (one in a 10 s window)
+    CloseWaitLeak    {close_wait} or more sockets in CLOSE_WAIT",
+            stalled = self.stalled_fraction * 100.0,
+            accept = self.accept_queue,
+            queries = self.dns_queries_per_lookup,
+            slow = self.dns_slow_seconds * 1000.0,
+            outbound = self.outbound_per_second,
+            lifetime = self.outbound_short_lifetime_seconds,
+            closes = self.keep_alive_closes_per_second,
+            close_wait = self.close_wait,
+        )
+    }
+}
+
 /// A verdict for one window: None = healthy, Some((reason, message)) = a problem.
 type Verdict = Option<(&'static str, String)>;
 
@@ -519,5 +548,23 @@ mod tests {
             c.event_loop.status,
             "back after {TRUE_AFTER} answering windows"
         );
+    }
+
+    #[test]
+    fn help_lists_every_reason_with_its_threshold() {
+        let text = Thresholds::default().describe();
+        for needle in [
+            "more than 5 % of a window",
+            "3 or more connections waiting",
+            "more than 4 DNS queries per lookup",
+            "slower than 500 ms",
+            "more than 1 new outbound connections/s living under 1 s",
+            "more than 0.05 server keep-alive closes/s",
+            "10 or more sockets in CLOSE_WAIT",
+            "AppUnreachable",
+            "Timeouts",
+        ] {
+            assert!(text.contains(needle), "{needle:?} not in:\n{text}");
+        }
     }
 }

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 use apiworkload_sidecar::{
+    conditions,
     config::Config,
     evaluate::{self, Verdicts},
     metrics::Metrics,
@@ -18,7 +19,7 @@ use apiworkload_sidecar::{
     watch,
     window::EvidenceSink,
 };
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use tracing::info;
 
 #[tokio::main(flavor = "current_thread")]
@@ -28,7 +29,11 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let config = Config::parse();
+    // --help lists the conditions' thresholds (the ones the conditions use).
+    let matches = Config::command()
+        .after_help(conditions::Thresholds::default().describe())
+        .get_matches();
+    let config = Config::from_arg_matches(&matches)?;
     // A pod without resolv.conf still gets a sidecar that serves; it reports no search list.
     let conf = resolv::parse(&std::fs::read_to_string(&config.resolv_conf).unwrap_or_default());
     let expansions = resolv::search_expansions(&conf, &config.app.dns_probes);
