@@ -199,7 +199,10 @@ fn passthrough_conflicts(spec: &ApiWorkloadSpec) -> Vec<Violation> {
         if m.mount_path.trim_end_matches('/') == crate::render::worker_class::PYTHON_DIR {
             out.push(Violation {
                 reason: "ReservedMountPath",
-                message: format!("spec.volumeMounts: {} holds the operator's uvicorn worker class; mount elsewhere", crate::render::worker_class::PYTHON_DIR),
+                message: format!(
+                    "spec.volumeMounts: {} holds the operator's Python modules; mount elsewhere",
+                    crate::render::worker_class::PYTHON_DIR
+                ),
             });
         }
         if !mounts.insert(m.mount_path.as_str()) {

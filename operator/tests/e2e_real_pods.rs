@@ -864,8 +864,12 @@ async fn every_server_kind_boots(cluster: &Cluster, node: &RealNode) {
             json!({"kind": "custom", "idleTimeout": "90s", "pooling": true}),
         ),
     ];
+    // Every async kind runs the no-code loop heartbeat (spec.diagnostics.loopHeartbeat).
+    let is_async =
+        |server: &str| !server.starts_with("gunicorn-sync") && server != "gunicorn-gthread";
     for (i, (server, app, upstream)) in kinds.iter().enumerate() {
-        let spec = json!({"app": app, "server": server, "upstream": upstream});
+        let spec = json!({"app": app, "server": server, "upstream": upstream,
+                          "diagnostics": {"loopHeartbeat": is_async(server)}});
         apply_workload(cluster, &ns, &format!("{server}-{i}"), spec);
     }
     let t = Instant::now();
@@ -904,6 +908,29 @@ async fn every_server_kind_boots(cluster: &Cluster, node: &RealNode) {
             );
         }
         eprintln!("{name} Ready after {:?}", t.elapsed());
+        if is_async(server) {
+            // Each worker beats, with no change to the app: the sidecar hears them all.
+            let workers = get_workload(cluster, &ns, &name)
+                .await
+                .and_then(|aw| aw.status?.workers.map(|w| w.count))
+                .unwrap();
+            let ip = pod.status.as_ref().unwrap().pod_ip.clone().unwrap();
+            let url = format!("http://{ip}:9901/metrics");
+            let heard = poll_until(
+                Duration::from_secs(30),
+                &format!("{name}: the sidecar hears {workers} workers' heartbeats"),
+                || async {
+                    let body = node.http_get(&url)?.body;
+                    let heard = apiworkload_e2e::metric_sample(
+                        &body,
+                        "apiworkload_sidecar_heartbeat_workers",
+                    )?;
+                    (heard == f64::from(workers)).then_some(heard)
+                },
+            )
+            .await;
+            eprintln!("{name}: loop heartbeat from {heard} of {workers} workers");
+        }
     }
 }
 

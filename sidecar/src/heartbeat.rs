@@ -2,6 +2,9 @@
 //! worker's event loop sends `apiw1 <pid> <seq> <interval_ms>` every interval. A gap
 //! longer than the interval is a stall of that worker, measured to a few milliseconds,
 //! whichever worker it is (canary connections may all sit on one worker).
+//! `apiw1 <pid> 0 0` says the loop stopped (the worker exits, or a process ran a loop for
+//! a while and no longer does): forgotten at once, not a stall in progress until
+//! [`FORGET_AFTER`].
 
 use std::{
     collections::HashMap,
@@ -79,6 +82,10 @@ pub struct HeartbeatDelta {
 impl Heartbeats {
     /// Folds in one beat; a gap over the interval by more than `threshold` is a stall.
     pub fn on_beat(&mut self, beat: Beat, now: Instant, threshold: Duration) {
+        if beat.seq == 0 {
+            self.workers.remove(&beat.pid);
+            return;
+        }
         self.beats += 1;
         if let Some(w) = self.workers.get_mut(&beat.pid) {
             let late = now
@@ -206,5 +213,16 @@ mod tests {
         h.on_beat(beat(3, 1), t0 + FORGET_AFTER, T);
         assert!(h.stalls.is_empty(), "an exited worker is not a stall");
         assert_eq!(h.workers.get(&3).map(|w| w.slot), Some(0));
+    }
+
+    #[test]
+    fn a_stopped_loop_says_so_and_is_no_stall() {
+        let t0 = Instant::now();
+        let mut h = Heartbeats::default();
+        h.on_beat(beat(1, 1), t0, T);
+        let bye = parse(b"apiw1 1 0 0").unwrap();
+        h.on_beat(bye, t0 + T, T);
+        assert_eq!(h.workers(), 0);
+        assert_eq!(h.overdue(t0 + 10 * T), None, "not overdue: gone");
     }
 }

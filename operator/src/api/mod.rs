@@ -609,6 +609,13 @@ pub struct Diagnostics {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
     pub image: Option<String>,
+    /// Each worker's event loop sends the sidecar a heartbeat, with no change to the app:
+    /// the operator puts a `sitecustomize` module on the app's Python path that starts
+    /// it in every worker, so stalls are measured on every worker (the canary's
+    /// connections may all land on one). Async servers only. It sets `PYTHONPATH`
+    /// (ahead of a value in `spec.env`), replacing one the image sets.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub loop_heartbeat: bool,
 }
 
 impl Default for Diagnostics {
@@ -618,6 +625,7 @@ impl Default for Diagnostics {
             stall_threshold: default_stall_threshold(),
             port: default_diagnostics_port(),
             image: None,
+            loop_heartbeat: false,
         }
     }
 }

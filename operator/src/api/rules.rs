@@ -166,7 +166,24 @@ pub fn spec_rules() -> Vec<SpecRule> {
         qty("resources.requests.cpu")
     );
 
+    let loop_heartbeat = format!(
+        "{} && self.diagnostics.loopHeartbeat",
+        has("diagnostics.loopHeartbeat")
+    );
     vec![
+        // The no-code heartbeat needs an event loop to watch and a sidecar to hear it.
+        rule(
+            format!("!({loop_heartbeat}) || !(self.server in {sync_servers})"),
+            ".diagnostics.loopHeartbeat",
+            "spec.diagnostics.loopHeartbeat needs an async server (uvicorn, gunicorn-uvicorn, granian or hypercorn): a sync worker has no event loop to send it; remove it or change spec.server",
+        ),
+        rule(
+            format!(
+                "!({loop_heartbeat}) || !has(self.diagnostics.enabled) || self.diagnostics.enabled"
+            ),
+            ".diagnostics.loopHeartbeat",
+            "spec.diagnostics.loopHeartbeat needs the sidecar, which receives the heartbeat: set spec.diagnostics.enabled: true or remove loopHeartbeat",
+        ),
         // §1: never size from the node's CPUs.
         rule(
             format!(

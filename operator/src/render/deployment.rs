@@ -126,6 +126,11 @@ fn app_container(aw: &ApiWorkload, plan: &Plan, command: &[String]) -> Container
     }
     env_vars.retain(|e| !spec.env.iter().any(|u| u.name == e.name));
     env_vars.extend(spec.env.iter().cloned());
+    // The heartbeat's directory goes ahead of the user's own PYTHONPATH, not instead.
+    if let Some(path) = super::python_modules::pythonpath(spec) {
+        env_vars.retain(|e| e.name != path.name);
+        env_vars.push(path);
+    }
 
     let startup_failures =
         super::div_ceil(b.startup.ceil_secs_i32(), STARTUP_PERIOD_SECONDS).max(1);
@@ -142,8 +147,8 @@ fn app_container(aw: &ApiWorkload, plan: &Plan, command: &[String]) -> Container
         mount_path: "/tmp".into(),
         ..Default::default()
     }];
-    if super::worker_class::needed(spec.server, plan) {
-        mounts.push(super::worker_class::mount());
+    if !super::python_modules::modules(spec, plan).is_empty() {
+        mounts.push(super::python_modules::mount());
     }
     mounts.extend(spec.volume_mounts.iter().cloned());
 
@@ -269,10 +274,8 @@ pub fn deployment(
         }),
         ..Default::default()
     }];
-    let own_worker_class = super::worker_class::needed(spec.server, plan);
-    if own_worker_class {
-        volumes.push(super::worker_class::volume());
-    }
+    let python_modules = super::python_modules::modules(spec, plan);
+    volumes.extend(super::python_modules::volume(&python_modules));
     volumes.extend(spec.volumes.iter().cloned());
     let diagnostics = spec.diagnostics.enabled;
     if diagnostics {
@@ -346,12 +349,11 @@ pub fn deployment(
                             APP_CONTAINER.to_string(),
                         )]
                         .into_iter()
-                        .chain(own_worker_class.then(|| {
-                            (
-                                super::worker_class::ANNOTATION.to_string(),
-                                super::worker_class::MODULE_SOURCE.to_string(),
-                            )
-                        }))
+                        .chain(
+                            python_modules
+                                .iter()
+                                .map(|m| (m.annotation.to_string(), m.source.to_string())),
+                        )
                         .collect(),
                     ),
                     ..Default::default()
@@ -505,6 +507,85 @@ mod tests {
                 .all(|m| m.name != identity::TOKEN_VOLUME),
             "the app, in the same fsGroup, does not mount the token"
         );
+    }
+
+    /// `diagnostics.loopHeartbeat`: the heartbeat and its `sitecustomize` travel in the
+    /// template's annotations, beside the worker class, in the one downward API volume;
+    /// PYTHONPATH points there, ahead of the user's own. Off, or on a sync server:
+    /// neither the files nor the variable.
+    #[test]
+    fn the_loop_heartbeat_travels_in_the_pod_template_and_on_pythonpath() {
+        use crate::render::python_modules::{HEARTBEAT, PYTHON_DIR, SITECUSTOMIZE, VOLUME};
+        let with = |server: ServerKind, user_path: Option<&str>| {
+            let mut s = spec();
+            s.server = server;
+            s.diagnostics.loop_heartbeat = true;
+            s.env.extend(user_path.map(|v| EnvVar {
+                name: "PYTHONPATH".into(),
+                value: Some(v.into()),
+                value_from: None,
+            }));
+            rendered(s)
+        };
+        let files = |r: &crate::render::Rendered| -> Vec<String> {
+            pod(r)
+                .volumes
+                .unwrap()
+                .iter()
+                .filter(|v| v.name == VOLUME)
+                .flat_map(|v| v.downward_api.clone().unwrap().items.unwrap())
+                .map(|i| i.path)
+                .collect()
+        };
+        let pythonpath = |r: &crate::render::Rendered| -> Vec<Option<String>> {
+            pod(r).containers[0]
+                .env
+                .clone()
+                .unwrap()
+                .into_iter()
+                .filter(|e| e.name == "PYTHONPATH")
+                .map(|e| e.value)
+                .collect()
+        };
+        let r = with(ServerKind::GunicornUvicorn, None);
+        let annotations = r
+            .deployment
+            .spec
+            .clone()
+            .unwrap()
+            .template
+            .metadata
+            .unwrap()
+            .annotations
+            .unwrap();
+        assert_eq!(annotations[HEARTBEAT.annotation], HEARTBEAT.source);
+        assert_eq!(annotations[SITECUSTOMIZE.annotation], SITECUSTOMIZE.source);
+        assert_eq!(
+            files(&r),
+            [
+                "apiworkload_uvicorn_worker.py",
+                "apiworkload_heartbeat.py",
+                "sitecustomize.py"
+            ]
+        );
+        assert_eq!(pythonpath(&r), [Some(PYTHON_DIR.to_string())]);
+        let theirs = with(ServerKind::Uvicorn, Some("/app/src"));
+        assert_eq!(
+            pythonpath(&theirs),
+            [Some(format!("{PYTHON_DIR}:/app/src"))],
+            "one variable, the user's path kept after the modules"
+        );
+        assert_eq!(
+            files(&theirs),
+            ["apiworkload_heartbeat.py", "sitecustomize.py"]
+        );
+
+        let mut off = spec();
+        off.server = ServerKind::Uvicorn;
+        for other in [rendered(off), with(ServerKind::GunicornGthread, None)] {
+            assert!(files(&other).is_empty());
+            assert!(pythonpath(&other).is_empty());
+        }
     }
 
     /// gunicorn-uvicorn loads the operator's worker class from the pod's own annotation,

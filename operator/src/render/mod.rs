@@ -5,6 +5,7 @@ pub mod autoscaling;
 pub mod command;
 pub mod deployment;
 pub mod identity;
+pub mod python_modules;
 pub mod service;
 pub mod worker_class;
 
