@@ -71,6 +71,7 @@ async fn the_chart_and_the_readme_example_run_on_real_pods() {
         }),
         scenario("probes", probes_do_their_job(&cluster, &node)),
         scenario("overload", overload_is_refused_not_queued(&cluster, &node)),
+        scenario("throttling", cpu_throttling_is_named(&cluster, &node)),
         scenario(
             "autoscaling",
             cpu_autoscaling_scales_real_pods(&cluster, &node, after_rollout)
@@ -292,6 +293,67 @@ async fn a_stall_is_diagnosed_inside_the_pod(cluster: &Cluster, node: &RealNode)
     eprintln!(
         "EventLoopResponsive True again {:?} after the load stopped",
         t.elapsed()
+    );
+}
+
+/// A healthy app under a CPU quota it cannot meet (#20, item 4): requests of 10 ms of CPU
+/// each (far below the stall threshold), two at a time, more CPU than `limits.cpu: 200m`
+/// gives. Only the app container's own cgroup shows it; with `diagnostics.loopHeartbeat`
+/// the heartbeat sends its `cpu.stat`, and the sidecar turns `EventLoopResponsive` False
+/// with `CPUThrottled`. (`/healthz` at the 40 requests/s a curl loop manages here used
+/// 6 % of a core: never throttled.)
+async fn cpu_throttling_is_named(cluster: &Cluster, node: &RealNode) {
+    let ns = node.namespace(cluster, "throttled").await;
+    apply_workload(
+        cluster,
+        &ns,
+        "throttled",
+        json!({"server": "uvicorn",
+               "resources": {"limits": {"cpu": "200m"}},
+               "diagnostics": {"loopHeartbeat": true}}),
+    );
+    wait_status(cluster, &ns, "throttled", "throttled responsive", |aw| {
+        condition(aw, "EventLoopResponsive").is_some_and(|c| c.status == "True")
+    })
+    .await;
+    let address = service_address(cluster, &ns, "throttled").await;
+    // Two loops of GETs (bounded), each on a new connection.
+    let loads: Vec<_> = (0..2)
+        .map(|_| {
+            repeat_get(
+                node,
+                &format!("http://{address}/cpu?seconds=0.01"),
+                20_000,
+                Duration::from_secs(240),
+                Duration::ZERO,
+            )
+        })
+        .collect();
+    let t = Instant::now();
+    wait_status(cluster, &ns, "throttled", "CPUThrottled rolled up", |aw| {
+        condition(aw, "EventLoopResponsive")
+            .is_some_and(|c| c.status == "False" && c.reason == "CPUThrottled")
+    })
+    .await;
+    let named_after = t.elapsed();
+    let mut sent = 0;
+    for (stop, load) in loads {
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        sent += load.await.unwrap();
+    }
+    let pods = workload_pods(cluster, &ns, "throttled").await;
+    let c = pod_condition(&pods[0], "apiworkload.io/EventLoopResponsive").unwrap();
+    eprintln!(
+        "CPUThrottled after {named_after:?} ({sent} requests): {}",
+        c.message.as_deref().unwrap_or_default()
+    );
+    assert_eq!(c.reason.as_deref(), Some("CPUThrottled"), "{c:?}");
+    assert!(
+        c.message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("CFS periods"),
+        "{c:?}"
     );
 }
 

@@ -17,6 +17,11 @@ Use it from the app's startup, e.g. with FastAPI::
 
 It never raises into the app and costs one non-blocking sendto() per interval. The
 sidecar address comes from ``APIW_HEARTBEAT_ADDR`` (default ``127.0.0.1:9902``).
+
+Once a second it also sends the container's CFS counters from its cgroup's ``cpu.stat``
+(``nr_periods``, ``nr_throttled``, throttled time): only a process of the app's own
+container can read them, and they show the CPU quota pausing the app in pauses each too
+short to look like a stall.
 """
 
 from __future__ import annotations
@@ -26,6 +31,32 @@ import os
 import socket
 
 __all__ = ["start"]
+
+# cgroup v2, then v1 (where throttled_time is in ns).
+_CPU_STAT = (
+    "/sys/fs/cgroup/cpu.stat",
+    "/sys/fs/cgroup/cpu,cpuacct/cpu.stat",
+    "/sys/fs/cgroup/cpu/cpu.stat",
+)
+
+
+def _cpu_stat() -> "tuple[int, int, int] | None":
+    """(nr_periods, nr_throttled, throttled microseconds) of this container, if readable."""
+    for path in _CPU_STAT:
+        try:
+            with open(path, "rb") as f:
+                fields = dict(line.split(None, 1) for line in f.read().splitlines() if b" " in line)
+        except (OSError, ValueError):
+            continue
+        try:
+            if b"throttled_usec" in fields:
+                usec = int(fields[b"throttled_usec"])
+            else:
+                usec = int(fields[b"throttled_time"]) // 1000
+            return int(fields[b"nr_periods"]), int(fields[b"nr_throttled"]), usec
+        except (KeyError, ValueError):
+            continue
+    return None
 
 
 def start(address: str | None = None, interval: float = 0.05) -> "asyncio.Task | None":
@@ -41,12 +72,18 @@ def start(address: str | None = None, interval: float = 0.05) -> "asyncio.Task |
         return None
     pid = os.getpid()
 
+    every_second = max(1, round(1.0 / interval))
+
     async def beat() -> None:
         seq = 0
         while True:
             seq += 1
             try:
                 sock.sendto(b"apiw1 %d %d %d" % (pid, seq, int(interval * 1000)), target)
+                if seq % every_second == 0:
+                    stat = _cpu_stat()
+                    if stat is not None:
+                        sock.sendto(b"apiw1cpu %d %d %d %d" % ((pid,) + stat), target)
             except OSError:
                 pass  # no sidecar yet, or a full buffer: never disturb the app
             await asyncio.sleep(interval)

@@ -11,6 +11,9 @@ use crate::window::Window;
 pub const FALSE_AFTER: u32 = 3;
 /// Good windows in a row before it turns True again.
 pub const TRUE_AFTER: u32 = 5;
+/// CFS periods a window needs before its throttled share means anything (100 ms each:
+/// a window's worth at the default 10 s is 100).
+const MIN_CPU_PERIODS: u64 = 20;
 
 /// Thresholds (defaults documented in `--help`).
 #[derive(Debug, Clone, PartialEq)]
@@ -30,6 +33,8 @@ pub struct Thresholds {
     pub accept_queue: u32,
     /// CLOSE_WAIT sockets at once: the app does not close connections its peers closed.
     pub close_wait: u32,
+    /// Share of the app container's CFS periods its CPU quota throttled.
+    pub cpu_throttled_fraction: f64,
 }
 
 impl Default for Thresholds {
@@ -43,6 +48,7 @@ impl Default for Thresholds {
             keep_alive_closes_per_second: 0.05,
             accept_queue: 3,
             close_wait: 10,
+            cpu_throttled_fraction: 0.25,
         }
     }
 }
@@ -54,6 +60,7 @@ impl Thresholds {
             "Conditions (a window is --window long; a condition turns False after {FALSE_AFTER} bad windows in a row and True after {TRUE_AFTER} good ones):
   EventLoopResponsive
     LoopStalled      the event loop stalled more than {stalled:.0} % of a window (canary or heartbeat)
+    CPUThrottled     the CPU quota paused the app in more than {throttled:.0} % of its CFS periods (with the loop heartbeat)
     AcceptBacklog    {accept} or more connections waiting to be accepted
     AppUnreachable   no canary request answered in a window, after the app had answered
   DNSHealthy
@@ -66,6 +73,7 @@ impl Thresholds {
     CloseWaitLeak    {close_wait} or more sockets in CLOSE_WAIT",
             stalled = self.stalled_fraction * 100.0,
             accept = self.accept_queue,
+            throttled = self.cpu_throttled_fraction * 100.0,
             queries = self.dns_queries_per_lookup,
             slow = self.dns_slow_seconds * 1000.0,
             outbound = self.outbound_per_second,
@@ -100,6 +108,28 @@ fn event_loop(w: &Window, t: &Thresholds, app_answered_before: bool) -> Verdict 
     } else {
         0.0
     };
+    // The quota first: its pauses are each shorter than a stall (at most a CFS period,
+    // 100 ms) and only the cgroup's own counters show them, and when it also makes
+    // probes wait past the stall threshold, the limit is the fix to try first.
+    if w.cpu_periods >= MIN_CPU_PERIODS
+        && w.cpu_throttled_periods as f64 > t.cpu_throttled_fraction * w.cpu_periods as f64
+    {
+        let also = if fraction > t.stalled_fraction {
+            format!(
+                "; the event loop was also stalled {:.0}% of the window",
+                fraction * 100.0
+            )
+        } else {
+            String::new()
+        };
+        return Some((
+            "CPUThrottled",
+            format!(
+                "the CPU quota paused the app in {} of {} CFS periods ({:.1}s of the last {:.0}s){also}: requests wait for CPU time the limit does not give; raise resources.limits.cpu, or lower the workers",
+                w.cpu_throttled_periods, w.cpu_periods, w.cpu_throttled_seconds, w.window_seconds
+            ),
+        ));
+    }
     if fraction > t.stalled_fraction {
         return Some((
             "LoopStalled",
@@ -561,10 +591,42 @@ mod tests {
             "more than 1 new outbound connections/s living under 1 s",
             "more than 0.05 server keep-alive closes/s",
             "10 or more sockets in CLOSE_WAIT",
+            "more than 25 % of its CFS periods",
             "AppUnreachable",
             "Timeouts",
         ] {
             assert!(text.contains(needle), "{needle:?} not in:\n{text}");
         }
+    }
+
+    #[test]
+    fn a_quota_that_throttles_most_periods_is_cpu_throttled() {
+        let t = Thresholds::default();
+        let throttled = |periods, throttled| Window {
+            window_seconds: 10.0,
+            canary_probes: 40,
+            cpu_periods: periods,
+            cpu_throttled_periods: throttled,
+            cpu_throttled_seconds: throttled as f64 * 0.06,
+            ..Default::default()
+        };
+        let (reason, message) = event_loop(&throttled(99, 97), &t, true).unwrap();
+        assert_eq!(reason, "CPUThrottled");
+        assert!(message.contains("97 of 99 CFS periods") && message.contains("limits.cpu"));
+        assert_eq!(
+            event_loop(&throttled(99, 10), &t, true),
+            None,
+            "10 % is fine"
+        );
+        assert_eq!(
+            event_loop(&throttled(5, 5), &t, true),
+            None,
+            "too few periods to say"
+        );
+        assert_eq!(
+            event_loop(&throttled(0, 0), &t, true),
+            None,
+            "no heartbeat, no verdict"
+        );
     }
 }

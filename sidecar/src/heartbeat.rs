@@ -2,6 +2,9 @@
 //! worker's event loop sends `apiw1 <pid> <seq> <interval_ms>` every interval. A gap
 //! longer than the interval is a stall of that worker, measured to a few milliseconds,
 //! whichever worker it is (canary connections may all sit on one worker).
+//! `apiw1cpu <pid> <nr_periods> <nr_throttled> <throttled_usec>` (once a second) is the
+//! app container's own cgroup `cpu.stat`, which only the app's processes can read: how
+//! often the CPU quota paused the app (the sidecar's cgroup is another container's).
 //! `apiw1 <pid> 0 0` says the loop stopped (the worker exits, or a process ran a loop for
 //! a while and no longer does): forgotten at once, not a stall in progress until
 //! [`FORGET_AFTER`].
@@ -36,6 +39,37 @@ pub fn parse(datagram: &[u8]) -> Option<Beat> {
     })
 }
 
+/// The app container's CFS counters (cumulative, from its cgroup's `cpu.stat`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CpuStat {
+    pub periods: u64,
+    pub throttled_periods: u64,
+    pub throttled_usec: u64,
+}
+
+/// `apiw1cpu <pid> <nr_periods> <nr_throttled> <throttled_usec>`.
+pub fn parse_cpu(datagram: &[u8]) -> Option<CpuStat> {
+    let text = std::str::from_utf8(datagram).ok()?;
+    let mut fields = text.split_ascii_whitespace();
+    if fields.next()? != "apiw1cpu" {
+        return None;
+    }
+    let _pid: u32 = fields.next()?.parse().ok()?;
+    Some(CpuStat {
+        periods: fields.next()?.parse().ok()?,
+        throttled_periods: fields.next()?.parse().ok()?,
+        throttled_usec: fields.next()?.parse().ok()?,
+    })
+}
+
+/// CPU throttling since the previous [`Heartbeats::take_delta`].
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Throttling {
+    pub periods: u64,
+    pub throttled_periods: u64,
+    pub throttled_seconds: f64,
+}
+
 /// A worker silent this long has exited (or been recycled): forgotten, not a stall.
 pub const FORGET_AFTER: Duration = Duration::from_secs(60);
 
@@ -65,6 +99,10 @@ pub struct Heartbeats {
     pub beats: u64,
     /// Stalled seconds already handed out by [`Heartbeats::take_delta`].
     reported_stalled_seconds: f64,
+    /// The latest `cpu.stat` (every worker reads the same cgroup) and the one the last
+    /// delta was taken from.
+    cpu: Option<CpuStat>,
+    cpu_reported: Option<CpuStat>,
 }
 
 /// What the heartbeats showed since the previous [`Heartbeats::take_delta`].
@@ -77,6 +115,8 @@ pub struct HeartbeatDelta {
     pub workers: usize,
     /// How late the most overdue worker is now.
     pub overdue: Option<Duration>,
+    /// CPU throttling of the app's container, when the heartbeat reports it.
+    pub throttling: Option<Throttling>,
 }
 
 impl Heartbeats {
@@ -115,6 +155,14 @@ impl Heartbeats {
         );
     }
 
+    /// Folds in a `cpu.stat` reading (the latest counts: readings of one cgroup by
+    /// several workers only grow).
+    pub fn on_cpu(&mut self, stat: CpuStat) {
+        if self.cpu.is_none_or(|c| stat.periods >= c.periods) {
+            self.cpu = Some(stat);
+        }
+    }
+
     /// How late the most overdue worker is: a stall in progress when over the threshold.
     /// Forgets workers silent for [`FORGET_AFTER`].
     pub fn overdue(&mut self, now: Instant) -> Option<Duration> {
@@ -135,11 +183,24 @@ impl Heartbeats {
         let overdue = self.overdue(now);
         let added = (self.stalled_seconds - self.reported_stalled_seconds).max(0.0);
         self.reported_stalled_seconds = self.stalled_seconds;
+        let throttling = match (self.cpu, self.cpu_reported) {
+            (Some(now), Some(before)) if now.periods >= before.periods => Some(Throttling {
+                periods: now.periods - before.periods,
+                throttled_periods: now
+                    .throttled_periods
+                    .saturating_sub(before.throttled_periods),
+                throttled_seconds: now.throttled_usec.saturating_sub(before.throttled_usec) as f64
+                    / 1e6,
+            }),
+            _ => None,
+        };
+        self.cpu_reported = self.cpu;
         HeartbeatDelta {
             stalls: std::mem::take(&mut self.stalls),
             stalled_seconds: added,
             workers: self.workers(),
             overdue,
+            throttling,
         }
     }
 
@@ -224,5 +285,25 @@ mod tests {
         h.on_beat(bye, t0 + T, T);
         assert_eq!(h.workers(), 0);
         assert_eq!(h.overdue(t0 + 10 * T), None, "not overdue: gone");
+    }
+
+    #[test]
+    fn cpu_stat_readings_become_throttling_deltas() {
+        let mut h = Heartbeats::default();
+        let stat = |periods, throttled, usec| {
+            parse_cpu(format!("apiw1cpu 7 {periods} {throttled} {usec}").as_bytes()).unwrap()
+        };
+        assert_eq!(parse_cpu(b"apiw1 7 1 50"), None);
+        h.on_cpu(stat(100, 10, 50_000));
+        assert_eq!(
+            h.take_delta(Instant::now()).throttling,
+            None,
+            "a first reading is a base"
+        );
+        h.on_cpu(stat(110, 19, 770_000));
+        h.on_cpu(stat(109, 18, 700_000)); // another worker's slightly older reading
+        let t = h.take_delta(Instant::now()).throttling.unwrap();
+        assert_eq!((t.periods, t.throttled_periods), (10, 9));
+        assert!((t.throttled_seconds - 0.72).abs() < 1e-9);
     }
 }

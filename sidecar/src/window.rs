@@ -41,6 +41,11 @@ pub struct Window {
     /// Socket-table samples in the window, and those that found no readable source.
     pub socket_samples: u64,
     pub socket_sample_failures: u64,
+    /// CFS periods of the app container in the window, those its CPU quota throttled,
+    /// and the time it spent paused (from the heartbeat's `cpu.stat`; 0 without it).
+    pub cpu_periods: u64,
+    pub cpu_throttled_periods: u64,
+    pub cpu_throttled_seconds: f64,
 }
 
 /// Raw measurements accumulated by the watchers between two evaluations.
@@ -70,6 +75,9 @@ pub struct WindowAccumulator {
     pub canary_failures: u64,
     pub socket_samples: u64,
     pub socket_sample_failures: u64,
+    pub cpu_periods: u64,
+    pub cpu_throttled_periods: u64,
+    pub cpu_throttled_seconds: f64,
 }
 
 impl WindowAccumulator {
@@ -109,6 +117,9 @@ impl WindowAccumulator {
             canary_failures: self.canary_failures,
             socket_samples: self.socket_samples,
             socket_sample_failures: self.socket_sample_failures,
+            cpu_periods: self.cpu_periods,
+            cpu_throttled_periods: self.cpu_throttled_periods,
+            cpu_throttled_seconds: self.cpu_throttled_seconds,
         }
     }
 }
@@ -141,6 +152,8 @@ pub enum Evidence {
         stalled_seconds: f64,
         stalled_now_seconds: f64,
     },
+    /// The app container's CPU throttling over the last second (from the heartbeat).
+    CpuThrottling(crate::heartbeat::Throttling),
     /// One sample of the pod's socket table.
     Sockets(SocketEvidence),
     /// A sample found no readable socket table.
@@ -197,6 +210,11 @@ impl WindowAccumulator {
             } => {
                 self.heartbeat_stalled_seconds += stalled_seconds;
                 self.heartbeat_stalled_now_seconds = stalled_now_seconds;
+            }
+            Evidence::CpuThrottling(t) => {
+                self.cpu_periods += t.periods;
+                self.cpu_throttled_periods += t.throttled_periods;
+                self.cpu_throttled_seconds += t.throttled_seconds;
             }
             Evidence::Sockets(s) => {
                 self.socket_samples += 1;

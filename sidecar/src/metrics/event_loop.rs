@@ -37,6 +37,9 @@ pub struct EventLoopMetrics {
     canary_failures: Counter,
     canary_duration: Histogram,
     heartbeat_workers: Gauge,
+    cpu_periods: Counter,
+    cpu_throttled_periods: Counter,
+    cpu_throttled_seconds: Counter<f64, AtomicU64>,
 }
 
 impl EventLoopMetrics {
@@ -52,6 +55,9 @@ impl EventLoopMetrics {
             canary_failures: Counter::default(),
             canary_duration: Histogram::new(exponential_buckets(0.001, 2.5, 12)),
             heartbeat_workers: Gauge::default(),
+            cpu_periods: Counter::default(),
+            cpu_throttled_periods: Counter::default(),
+            cpu_throttled_seconds: Counter::default(),
         };
         registry.register_with_unit(
             "event_loop_stall_duration",
@@ -85,6 +91,22 @@ impl EventLoopMetrics {
             "heartbeat_workers",
             "App workers sending the opt-in heartbeat",
             m.heartbeat_workers.clone(),
+        );
+        registry.register(
+            "app_cpu_periods",
+            "CFS periods of the app container (its cgroup's cpu.stat, sent by the loop heartbeat)",
+            m.cpu_periods.clone(),
+        );
+        registry.register(
+            "app_cpu_throttled_periods",
+            "CFS periods in which the app container's CPU quota throttled it",
+            m.cpu_throttled_periods.clone(),
+        );
+        registry.register_with_unit(
+            "app_cpu_throttled",
+            "Time the app container's CPU quota kept it paused",
+            Unit::Seconds,
+            m.cpu_throttled_seconds.clone(),
         );
         registry.register_with_unit(
             "canary_request_duration",
@@ -134,5 +156,10 @@ impl EventLoopMetrics {
             .get_or_create(&heartbeat)
             .inc_by(delta.stalled_seconds);
         self.heartbeat_workers.set(delta.workers as i64);
+        if let Some(t) = delta.throttling {
+            self.cpu_periods.inc_by(t.periods);
+            self.cpu_throttled_periods.inc_by(t.throttled_periods);
+            self.cpu_throttled_seconds.inc_by(t.throttled_seconds);
+        }
     }
 }

@@ -22,15 +22,17 @@ pub async fn watch(config: Config, metrics: Arc<Metrics>, evidence: EvidenceSink
         }
     };
     let mut beats = Heartbeats::default();
-    let mut buf = [0u8; 64];
+    let mut buf = [0u8; 128];
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             received = socket.recv(&mut buf) => {
-                if let Ok(n) = received
-                    && let Some(beat) = heartbeat::parse(&buf[..n])
-                {
-                    beats.on_beat(beat, std::time::Instant::now(), config.app.stall_threshold);
+                if let Ok(n) = received {
+                    if let Some(beat) = heartbeat::parse(&buf[..n]) {
+                        beats.on_beat(beat, std::time::Instant::now(), config.app.stall_threshold);
+                    } else if let Some(stat) = heartbeat::parse_cpu(&buf[..n]) {
+                        beats.on_cpu(stat);
+                    }
                 }
             }
             _ = ticker.tick() => {
@@ -43,6 +45,9 @@ pub async fn watch(config: Config, metrics: Arc<Metrics>, evidence: EvidenceSink
                         .filter(|d| *d > config.app.stall_threshold)
                         .map_or(0.0, |d| d.as_secs_f64()),
                 });
+                if let Some(t) = delta.throttling {
+                    evidence.send(Evidence::CpuThrottling(t));
+                }
             }
         }
     }
