@@ -55,11 +55,17 @@ async fn the_chart_and_the_readme_example_run_on_real_pods() {
     eprintln!("helm install: operator Ready in {:?}", t.elapsed());
 
     // The autoscaling load waits for the rollout to finish, so that the rollout's figures
-    // are not measured on a node busy with it.
+    // are not measured on a node busy with it. The throttling load waits for every
+    // server kind to have booted: with it, a full run's boots took long enough on the
+    // two cores that hypercorn's startup probe killed it once.
     let (rolled_out, after_rollout) = tokio::sync::oneshot::channel();
+    let (booted, after_boots) = tokio::sync::oneshot::channel();
     tokio::join!(
         scenario("readme", readme_example(&cluster, &node)),
-        scenario("server-kinds", every_server_kind_boots(&cluster, &node)),
+        scenario("server-kinds", async {
+            every_server_kind_boots(&cluster, &node).await;
+            let _ = booted.send(());
+        }),
         scenario(
             "stall",
             a_stall_is_diagnosed_inside_the_pod(&cluster, &node)
@@ -71,7 +77,10 @@ async fn the_chart_and_the_readme_example_run_on_real_pods() {
         }),
         scenario("probes", probes_do_their_job(&cluster, &node)),
         scenario("overload", overload_is_refused_not_queued(&cluster, &node)),
-        scenario("throttling", cpu_throttling_is_named(&cluster, &node)),
+        scenario(
+            "throttling",
+            cpu_throttling_is_named(&cluster, &node, after_boots)
+        ),
         scenario(
             "autoscaling",
             cpu_autoscaling_scales_real_pods(&cluster, &node, after_rollout)
@@ -302,7 +311,11 @@ async fn a_stall_is_diagnosed_inside_the_pod(cluster: &Cluster, node: &RealNode)
 /// the heartbeat sends its `cpu.stat`, and the sidecar turns `EventLoopResponsive` False
 /// with `CPUThrottled`. (`/healthz` at the 40 requests/s a curl loop manages here used
 /// 6 % of a core: never throttled.)
-async fn cpu_throttling_is_named(cluster: &Cluster, node: &RealNode) {
+async fn cpu_throttling_is_named(
+    cluster: &Cluster,
+    node: &RealNode,
+    start_load: tokio::sync::oneshot::Receiver<()>,
+) {
     let ns = node.namespace(cluster, "throttled").await;
     apply_workload(
         cluster,
@@ -317,6 +330,8 @@ async fn cpu_throttling_is_named(cluster: &Cluster, node: &RealNode) {
     })
     .await;
     let address = service_address(cluster, &ns, "throttled").await;
+    // Sent when the other scenario's boots are over, or dropped when it does not run.
+    let _ = start_load.await;
     // Two loops of GETs (bounded), each on a new connection.
     let loads: Vec<_> = (0..2)
         .map(|_| {
@@ -597,7 +612,7 @@ async fn workers_follow_the_cpu_limit(cluster: &Cluster, node: &RealNode) {
 }
 
 /// A rollout under bounded, continuous load through the Service (new connections from
-/// inside the cluster's network, routed by kube-proxy, plus requests of 2 s always in
+/// inside the cluster's network, routed by kube-proxy, plus requests of 10 s always in
 /// flight) drops no request with the derived shutdown budget. The same rollout of a
 /// workload whose budget is defeated (no preStop drain, 1 s to finish) drops requests:
 /// the check can fail.
@@ -605,9 +620,11 @@ async fn workers_follow_the_cpu_limit(cluster: &Cluster, node: &RealNode) {
 /// What the defeated budget drops of the quick requests depends on timing: those routed
 /// to a pod between its SIGTERM and kube-proxy's next rules are refused. Alone on the
 /// node that was 48–78 requests; while the other scenarios keep the node busy, the
-/// kubelet's SIGTERM comes late and it was 1. The 2 s requests are the deterministic
-/// part: with 1 s to finish, those in flight at SIGTERM are cut, as the operator's
-/// warning for this spec says.
+/// kubelet's SIGTERM comes late and it was 1–8. The slow requests are the part that does
+/// not depend on timing: with 1 s to finish, those in flight at SIGTERM are cut, as the
+/// operator's warning for this spec says. They last 10 s: with requests of 2 s, a full
+/// run cut none (SIGTERM came more than 2 s after the endpoint left, and the pod had
+/// finished them).
 async fn a_rollout_drops_no_request(cluster: &Cluster, node: &RealNode) {
     let ns = node.namespace(cluster, "rollout").await;
     let workload = |name: &str, memory: &str, timeouts: &Value| {
@@ -643,7 +660,7 @@ async fn a_rollout_drops_no_request(cluster: &Cluster, node: &RealNode) {
             stop_file.to_str().unwrap(),
             "180",   // seconds at most
             "40000", // requests at most
-            &format!("{url_base}/sleep?seconds=2"),
+            &format!("{url_base}/sleep?seconds=10"),
             "6", // threads: about 3 slow requests in flight per pod
         ]);
         loads.push(tokio::process::Command::from(cmd).output());
@@ -690,7 +707,7 @@ async fn a_rollout_drops_no_request(cluster: &Cluster, node: &RealNode) {
     let (budgeted, defeated) = (&counts[0], &counts[1]);
     assert!(budgeted["sent"].as_u64().unwrap() >= 500, "{budgeted}");
     assert!(
-        budgeted["slow"]["sent"].as_u64().unwrap() >= 20,
+        budgeted["slow"]["sent"].as_u64().unwrap() >= 6,
         "{budgeted}"
     );
     assert_eq!(
@@ -700,7 +717,7 @@ async fn a_rollout_drops_no_request(cluster: &Cluster, node: &RealNode) {
     );
     assert!(
         defeated["slow"]["failed"].as_u64().unwrap() > 0,
-        "with 1 s to finish, the rollout should cut the 2 s requests in flight: {defeated}"
+        "with 1 s to finish, the rollout should cut the 10 s requests in flight: {defeated}"
     );
 }
 

@@ -5,8 +5,8 @@ is routed by kube-proxy's current rules), until a stop file appears or a time li
 usage: loadgen.py URL STOP_FILE MAX_SECONDS MAX_REQUESTS [SLOW_URL SLOW_THREADS]
 Prints one JSON line: {"sent": …, "ok": …, "failed": …, "errors": {"<error>": count}}.
 With SLOW_URL, SLOW_THREADS more threads send it back to back (requests that take a
-while, so some are always in flight when a pod is told to stop) and the line has their
-counts under "slow".
+while, so some are always in flight when a pod is told to stop; they may take up to 30 s)
+and the line has their counts under "slow".
 """
 
 import json
@@ -28,14 +28,14 @@ def main():
     counts = {"sent": 0, "ok": 0, "failed": 0, "errors": {}}
     slow_counts = {"sent": 0, "ok": 0, "failed": 0, "errors": {}}
 
-    def worker(url, counts, pause):
+    def worker(url, counts, pause, timeout):
         while time.monotonic() < deadline and not os.path.exists(stop_file):
             with lock:
                 if counts["sent"] >= max_requests:
                     return
                 counts["sent"] += 1
             try:
-                with urllib.request.urlopen(url, timeout=5) as response:
+                with urllib.request.urlopen(url, timeout=timeout) as response:
                     response.read()
                     ok = response.status == 200
                     error = None if ok else f"HTTP {response.status}"
@@ -49,8 +49,8 @@ def main():
                     counts["errors"][error] = counts["errors"].get(error, 0) + 1
             time.sleep(pause)
 
-    threads = [threading.Thread(target=worker, args=(url, counts, PAUSE)) for _ in range(THREADS)]
-    threads += [threading.Thread(target=worker, args=(slow_url, slow_counts, 0)) for _ in range(slow_threads)]
+    threads = [threading.Thread(target=worker, args=(url, counts, PAUSE, 5)) for _ in range(THREADS)]
+    threads += [threading.Thread(target=worker, args=(slow_url, slow_counts, 0, 30)) for _ in range(slow_threads)]
     for t in threads:
         t.start()
     for t in threads:
