@@ -392,6 +392,29 @@ mod tests {
         );
     }
 
+    /// The end notifications of both sockets of the one connection to `port` (server's,
+    /// client's), waited for up to 5 s.
+    fn both_ends(feed: &mut DestroyFeed, port: u16) -> (TcpRow, TcpRow) {
+        let mut ended = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while ended.len() < 2 && std::time::Instant::now() < deadline {
+            ended.extend(
+                feed.wait_ended()
+                    .unwrap()
+                    .into_iter()
+                    .filter(|r| r.local.port() == port || r.remote.port() == port),
+            );
+        }
+        let end = |server: bool| {
+            ended
+                .iter()
+                .find(|r| (r.local.port() == port) == server)
+                .cloned()
+                .unwrap()
+        };
+        (end(true), end(false))
+    }
+
     /// The real kernel: every socket of a connection is reported as it is destroyed, with
     /// the cookie a dump showed while it was open and its final `tcp_info`; the side that
     /// closed first lives on in TIME_WAIT and is told apart from the other.
@@ -422,18 +445,7 @@ mod tests {
         let mut rest = vec![];
         client.read_to_end(&mut rest).unwrap();
         drop(client);
-        let mut ended = Vec::new();
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while ended.len() < 2 && std::time::Instant::now() < deadline {
-            ended.extend(
-                feed.wait_ended()
-                    .unwrap()
-                    .into_iter()
-                    .filter(|r| r.local.port() == port || r.remote.port() == port),
-            );
-        }
-        let server_end = ended.iter().find(|r| r.local.port() == port).unwrap();
-        let client_end = ended.iter().find(|r| r.remote.port() == port).unwrap();
+        let (server_end, client_end) = both_ends(&mut feed, port);
         assert_eq!(
             (server_end.cookie, client_end.cookie),
             (Some(server_cookie), Some(client_cookie)),
@@ -443,11 +455,11 @@ mod tests {
         // The 4 bytes, plus the client's FIN, which counts in sequence space.
         assert_eq!(info.bytes_received, Some(5));
         assert!(
-            diag.closed_here(server_end).unwrap(),
+            diag.closed_here(&server_end).unwrap(),
             "the server closed first"
         );
         assert!(
-            !diag.closed_here(client_end).unwrap(),
+            !diag.closed_here(&client_end).unwrap(),
             "the client closed second"
         );
 
@@ -460,21 +472,11 @@ mod tests {
         drop(client);
         server.read_to_end(&mut rest).unwrap();
         drop(server);
-        let mut ended = Vec::new();
-        while ended.len() < 2 && std::time::Instant::now() < deadline {
-            ended.extend(
-                feed.wait_ended()
-                    .unwrap()
-                    .into_iter()
-                    .filter(|r| r.local.port() == port || r.remote.port() == port),
-            );
-        }
-        let server_end = ended.iter().find(|r| r.local.port() == port).unwrap();
-        let client_end = ended.iter().find(|r| r.remote.port() == port).unwrap();
+        let (server_end, client_end) = both_ends(&mut feed, port);
         assert_eq!(
             (
-                diag.closed_here(client_end).unwrap(),
-                diag.closed_here(server_end).unwrap()
+                diag.closed_here(&client_end).unwrap(),
+                diag.closed_here(&server_end).unwrap()
             ),
             (true, false),
             "the client closed first"

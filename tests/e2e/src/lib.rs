@@ -670,6 +670,16 @@ impl PythonServer {
 
     /// As [`PythonServer::uvicorn_with`], on a given port (an app coming back where it was).
     pub fn uvicorn_on(port: u16, extra_args: &[&str], env: &[(&str, &str)]) -> PythonServer {
+        PythonServer::uvicorn_as_on(None, port, extra_args, env)
+    }
+
+    /// The test app on uvicorn, loopback only, as `uid` (`None`: this process's user).
+    fn uvicorn_as_on(
+        uid: Option<u32>,
+        port: u16,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> PythonServer {
         let mut args = vec![
             "app:app",
             "--host",
@@ -680,7 +690,7 @@ impl PythonServer {
             "warning",
         ];
         args.extend_from_slice(extra_args);
-        PythonServer::start_on(port, "uvicorn", &args, env)
+        PythonServer::start_as(uid, port, "uvicorn", &args, env)
     }
 
     /// As [`PythonServer::uvicorn_with`], run as `uid` (and its group) like an app in a pod
@@ -688,18 +698,7 @@ impl PythonServer {
     /// (orphans, before TIME_WAIT) under UID 0, not the app's. `setpriv` keeps
     /// `CAP_DAC_READ_SEARCH` so the process can read the venv under root's home.
     pub fn uvicorn_as(uid: u32, extra_args: &[&str]) -> PythonServer {
-        let port = free_port();
-        let mut args = vec![
-            "app:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "{port}",
-            "--log-level",
-            "warning",
-        ];
-        args.extend_from_slice(extra_args);
-        PythonServer::start_as(Some(uid), port, "uvicorn", &args, &[])
+        PythonServer::uvicorn_as_on(Some(uid), free_port(), extra_args, &[])
     }
 
     /// uvicorn whose app sends the sidecar's opt-in heartbeat to `addr`.
