@@ -6,10 +6,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::{
-    net::SocketAddr,
     sync::{
         Arc,
-        atomic::{AtomicU8, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -17,56 +16,19 @@ use std::{
 mod support;
 
 use apiworkload_e2e::process::Sidecar;
-use support::Dnsmasq;
-use tokio::net::UdpSocket;
-
-const PASS: u8 = 0;
-const DROP: u8 = 1;
-const SLOW: u8 = 2;
-
-/// A UDP relay to `upstream` that passes, drops or delays (800 ms) queries as `mode` says.
-async fn switchable_relay(upstream: SocketAddr, mode: Arc<AtomicU8>) -> SocketAddr {
-    let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
-    let addr = front.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 4096];
-        loop {
-            let Ok((len, client)) = front.recv_from(&mut buf).await else {
-                return;
-            };
-            let packet = buf[..len].to_vec();
-            let (front, mode) = (front.clone(), mode.load(Ordering::Relaxed));
-            tokio::spawn(async move {
-                match mode {
-                    DROP => return,
-                    SLOW => tokio::time::sleep(Duration::from_millis(800)).await,
-                    _ => {}
-                }
-                let back = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-                back.send_to(&packet, upstream).await.unwrap();
-                let mut reply = vec![0u8; 4096];
-                if let Ok(Ok(n)) =
-                    tokio::time::timeout(Duration::from_secs(2), back.recv(&mut reply)).await
-                {
-                    let _ = front.send_to(&reply[..n], client).await;
-                }
-            });
-        }
-    });
-    addr
-}
+use support::{Dnsmasq, RELAY_DROP, RELAY_PASS};
 
 struct Probed {
     sidecar: Sidecar,
-    mode: Arc<AtomicU8>,
+    delay_ms: Arc<AtomicU64>,
     resolv: std::path::PathBuf,
 }
 
 const HEALTHY_RESOLV: &str = "nameserver 127.0.0.1\noptions ndots:1\n";
 
 async fn probed(server: &Dnsmasq, name: &str) -> Probed {
-    let mode = Arc::new(AtomicU8::new(PASS));
-    let relay = switchable_relay(server.addr, mode.clone()).await;
+    let delay_ms = Arc::new(AtomicU64::new(RELAY_PASS));
+    let relay = support::relay(server.addr, delay_ms.clone()).await;
     let resolv =
         std::env::temp_dir().join(format!("resolv-detection-{name}-{}.conf", relay.port()));
     std::fs::write(&resolv, HEALTHY_RESOLV).unwrap();
@@ -78,7 +40,7 @@ async fn probed(server: &Dnsmasq, name: &str) -> Probed {
     ]);
     Probed {
         sidecar,
-        mode,
+        delay_ms,
         resolv,
     }
 }
@@ -107,8 +69,8 @@ async fn every_dns_fault_is_named_within_60_s_with_default_timing() {
         "search ns.svc.cluster.local svc.cluster.local cluster.local\nnameserver 127.0.0.1\noptions ndots:5\n",
     )
     .unwrap();
-    silent.mode.store(DROP, Ordering::Relaxed);
-    slow.mode.store(SLOW, Ordering::Relaxed);
+    silent.delay_ms.store(RELAY_DROP, Ordering::Relaxed);
+    slow.delay_ms.store(800, Ordering::Relaxed);
 
     let cases = [
         ("SearchAmplification", &amplified),

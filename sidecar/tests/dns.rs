@@ -3,7 +3,7 @@
 //! with an injected delay is measured within ±10 %, and a silent server is a timeout.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 mod support;
 
@@ -71,39 +71,17 @@ async fn ndots_amplification_is_counted_exactly() {
     );
 }
 
-/// A UDP relay in front of the real server that holds every query for `delay`.
-async fn delaying_relay(upstream: SocketAddr, delay: Duration) -> SocketAddr {
-    let front = std::sync::Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
-    let addr = front.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 4096];
-        loop {
-            let Ok((len, client)) = front.recv_from(&mut buf).await else {
-                return;
-            };
-            let packet = buf[..len].to_vec();
-            let front = front.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(delay).await;
-                let back = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-                back.send_to(&packet, upstream).await.unwrap();
-                let mut reply = vec![0u8; 4096];
-                if let Ok(Ok(n)) =
-                    tokio::time::timeout(Duration::from_secs(2), back.recv(&mut reply)).await
-                {
-                    let _ = front.send_to(&reply[..n], client).await;
-                }
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test]
 async fn latency_with_an_injected_delay_is_measured_within_ten_percent() {
     let server = tokio::task::spawn_blocking(Dnsmasq::start).await.unwrap();
     let delay = Duration::from_millis(150);
-    let relay = delaying_relay(server.addr, delay).await;
+    // A relay in front of the real server holds every query for `delay`.
+    let delay_ms = u64::try_from(delay.as_millis()).unwrap();
+    let relay = support::relay(
+        server.addr,
+        std::sync::Arc::new(std::sync::atomic::AtomicU64::new(delay_ms)),
+    )
+    .await;
     let conf = parse(&format!(
         "{SEARCH}nameserver 127.0.0.1\noptions ndots:5 timeout:2 attempts:1\n"
     ));

@@ -88,3 +88,46 @@ impl Drop for Dnsmasq {
         let _ = std::fs::remove_file(&self.log);
     }
 }
+
+/// What a [`relay`] does with each query, changeable while it runs.
+pub const RELAY_PASS: u64 = 0;
+/// Drops every query (a silent nameserver).
+pub const RELAY_DROP: u64 = u64::MAX;
+
+/// A UDP relay in front of `upstream` on a free loopback port: each query waits
+/// `delay_ms` milliseconds before it is passed on ([`RELAY_DROP`]: never answered), read
+/// as each query arrives, so a test can inject delays or silence mid-run.
+pub async fn relay(
+    upstream: SocketAddr,
+    delay_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> SocketAddr {
+    use std::sync::{Arc, atomic::Ordering};
+    use tokio::net::UdpSocket;
+    let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let addr = front.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let Ok((len, client)) = front.recv_from(&mut buf).await else {
+                return;
+            };
+            let packet = buf[..len].to_vec();
+            let (front, delay) = (front.clone(), delay_ms.load(Ordering::Relaxed));
+            tokio::spawn(async move {
+                if delay == RELAY_DROP {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+                let back = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+                back.send_to(&packet, upstream).await.unwrap();
+                let mut reply = vec![0u8; 4096];
+                if let Ok(Ok(n)) =
+                    tokio::time::timeout(Duration::from_secs(2), back.recv(&mut reply)).await
+                {
+                    let _ = front.send_to(&reply[..n], client).await;
+                }
+            });
+        }
+    });
+    addr
+}
