@@ -170,11 +170,7 @@ async fn the_sidecars_own_canary_connections_are_not_the_apps() {
     .await
     .unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let closed = |closer: &str| {
-        sidecar.metric(&format!(
-            "apiworkload_sidecar_tcp_inbound_connections_closed_total{{closer=\"{closer}\"}}"
-        ))
-    };
+    let closed = |closer: &str| closed_by(&sidecar, closer);
     let stalled =
         sidecar.metric(r#"apiworkload_sidecar_event_loop_stall_seconds_total{source="canary"}"#);
     let seen = (
@@ -199,6 +195,13 @@ async fn the_sidecars_own_canary_connections_are_not_the_apps() {
         "{condition:?}: {:#}",
         sidecar.report().unwrap_or_default()
     );
+}
+
+/// Inbound connections the sidecar saw closed by `closer` (client, server, server_idle).
+fn closed_by(sidecar: &Sidecar, closer: &str) -> Option<f64> {
+    sidecar.metric(&format!(
+        "apiworkload_sidecar_tcp_inbound_connections_closed_total{{closer=\"{closer}\"}}"
+    ))
 }
 
 /// uvicorn with a keep-alive of `seconds`, run as a user of its own as in a pod (the
@@ -259,9 +262,7 @@ async fn keep_alive_shorter_than_the_clients_idle_time_is_keep_alive_churn() {
     // them. One more sample after.
     drop(short_pool);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let closes = |s: &Sidecar| {
-        s.metric("apiworkload_sidecar_tcp_inbound_connections_closed_total{closer=\"server_idle\"}")
-    };
+    let closes = |s: &Sidecar| closed_by(s, "server_idle");
     let short_report = (
         closes(&short_sidecar),
         short_sidecar.condition("ConnectionsReused"),
@@ -420,11 +421,7 @@ async fn every_close_is_attributed_to_who_closed() {
     .await
     .unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let closed = |closer: &str| {
-        sidecar.metric(&format!(
-            "apiworkload_sidecar_tcp_inbound_connections_closed_total{{closer=\"{closer}\"}}"
-        ))
-    };
+    let closed = |closer: &str| closed_by(&sidecar, closer);
     let each = Some(EACH as f64);
     assert_eq!(
         (
