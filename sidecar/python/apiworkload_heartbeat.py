@@ -30,7 +30,7 @@ import asyncio
 import os
 import socket
 
-__all__ = ["start"]
+__all__ = ["bye", "start"]
 
 # cgroup v2, then v1 (where throttled_time is in ns).
 _CPU_STAT = (
@@ -59,12 +59,27 @@ def _cpu_stat() -> "tuple[int, int, int] | None":
     return None
 
 
+def _target(address: "str | None") -> "tuple[str, int]":
+    """The sidecar's (host, port): ``address``, else ``APIW_HEARTBEAT_ADDR``, else the default."""
+    spec = address or os.environ.get("APIW_HEARTBEAT_ADDR", "127.0.0.1:9902")
+    host, _, port = spec.rpartition(":")
+    return host or "127.0.0.1", int(port)
+
+
+def bye(address: "str | None" = None) -> None:
+    """Tells the sidecar this process's loop has stopped (it forgets the worker rather
+    than take its silence for a stall)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.sendto(b"apiw1 %d 0 0" % os.getpid(), _target(address))
+    except (OSError, ValueError):
+        pass
+
+
 def start(address: str | None = None, interval: float = 0.05) -> "asyncio.Task | None":
     """Starts the heartbeat on the running event loop; returns its task (None on error)."""
     try:
-        spec = address or os.environ.get("APIW_HEARTBEAT_ADDR", "127.0.0.1:9902")
-        host, _, port = spec.rpartition(":")
-        target = (host or "127.0.0.1", int(port))
+        target = _target(address)
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.setblocking(False)
         loop = asyncio.get_running_loop()

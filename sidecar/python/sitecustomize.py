@@ -14,8 +14,6 @@ It never raises into the app: anything unexpected leaves the app exactly as it w
 try:
     import asyncio
     import asyncio.events as _events
-    import os as _os
-    import socket as _socket
     import threading as _threading
 
     _set_running_loop = _events._set_running_loop
@@ -23,11 +21,10 @@ try:
 
     def _bye():
         try:
-            spec = _os.environ.get("APIW_HEARTBEAT_ADDR", "127.0.0.1:9902")
-            host, _, port = spec.rpartition(":")
-            with _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM) as sock:
-                sock.sendto(b"apiw1 %d 0 0" % _os.getpid(), (host or "127.0.0.1", int(port)))
-        except (OSError, ValueError):
+            import apiworkload_heartbeat
+
+            apiworkload_heartbeat.bye()
+        except Exception:  # noqa: BLE001 - never disturb the app (also run at exit)
             pass
 
     def _start(loop):
