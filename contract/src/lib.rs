@@ -1,7 +1,7 @@
 //! What the operator and the sidecar must agree on, in one place: the flags the operator
-//! renders into every pod and the sidecar parses ([`SidecarArgs`]), the one duration
-//! type and its parser ([`GoDuration`]), and the pod condition types the sidecar writes
-//! and the operator rolls up ([`SidecarCondition`]).
+//! renders into every pod and the sidecar parses ([`SidecarArgs`], with the diagnosis
+//! [`Thresholds`]), the one duration type and its parser ([`GoDuration`]), and the pod
+//! condition types the sidecar writes and the operator rolls up ([`SidecarCondition`]).
 //!
 //! Both binaries depend on this crate, so a flag, a duration form or a condition name
 //! cannot drift between them: a spec the operator accepts renders arguments the sidecar
@@ -11,9 +11,11 @@
 pub mod duration;
 pub mod shutdown;
 mod sidecar_args;
+mod thresholds;
 
 pub use duration::{DurationError, GoDuration, parse_duration};
 pub use sidecar_args::SidecarArgs;
+pub use thresholds::Thresholds;
 
 /// Group of every resource and condition type this project owns.
 pub const GROUP: &str = "apiworkload.io";

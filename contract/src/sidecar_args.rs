@@ -6,7 +6,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use clap::{Args, Parser};
 
-use crate::{GoDuration, parse_duration};
+use crate::{GoDuration, Thresholds, parse_duration};
 
 /// What the sidecar must know of the app it sits beside.
 #[derive(Args, Debug, Clone, PartialEq, Eq)]
@@ -33,6 +33,9 @@ pub struct SidecarArgs {
     /// A name to resolve as the app would (repeatable).
     #[arg(long = "dns-probe", env = "APIW_DNS_PROBE", value_delimiter = ',')]
     pub dns_probes: Vec<String>,
+    /// When a window of evidence counts as bad (`spec.diagnostics.thresholds`).
+    #[command(flatten)]
+    pub thresholds: Thresholds,
 }
 
 /// A parser of just these flags (the sidecar flattens them into its `Config`).
@@ -58,6 +61,7 @@ impl SidecarArgs {
             args.push(format!("--app-uid={uid}"));
         }
         args.extend(self.dns_probes.iter().map(|n| format!("--dns-probe={n}")));
+        args.extend(self.thresholds.to_args());
         args
     }
 
@@ -84,6 +88,11 @@ mod tests {
             workers: 5,
             stall_threshold: parse_duration(stall).unwrap(),
             dns_probes: vec!["api.example.com".into(), "db.internal".into()],
+            thresholds: Thresholds {
+                stalled_percent: 20,
+                dns_slow: parse_duration(stall).unwrap(),
+                ..Thresholds::default()
+            },
         }
     }
 

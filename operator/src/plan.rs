@@ -5,11 +5,14 @@
 
 use std::collections::BTreeSet;
 
-use apiworkload_contract::SidecarArgs;
+use apiworkload_contract::{SidecarArgs, Thresholds};
 
 use crate::{
     api::rules::DERIVED_FLAGS,
-    api::{ApiWorkloadSpec, Profile, ServerKind, UpstreamKind, bounds, quantity::parse_quantity},
+    api::{
+        ApiWorkloadSpec, DiagnosisThresholds, GoDuration, Profile, ServerKind, UpstreamKind,
+        bounds, quantity::parse_quantity,
+    },
     budget::{Budget, Violation, budget_for, upstream_profile},
     overload::{Overload, overload},
     render::deployment::APP_UID,
@@ -163,7 +166,31 @@ fn sidecar_args(spec: &ApiWorkloadSpec, sizing: &Sizing) -> Result<SidecarArgs, 
         } else {
             spec.dns.probe.clone()
         },
+        thresholds: thresholds(&spec.diagnostics.thresholds),
     })
+}
+
+/// The spec's thresholds over the sidecar's defaults. Bounds were checked before the
+/// plan (`bounds::violations`), so every value converts.
+fn thresholds(spec: &DiagnosisThresholds) -> Thresholds {
+    let d = Thresholds::default();
+    let int =
+        |v: Option<i32>, default: u32| v.and_then(|v| u32::try_from(v).ok()).unwrap_or(default);
+    let duration = |v: &Option<GoDuration>, default| v.as_ref().map_or(default, |v| v.0);
+    Thresholds {
+        stalled_percent: int(spec.stalled_percent, d.stalled_percent),
+        cpu_throttled_percent: int(spec.cpu_throttled_percent, d.cpu_throttled_percent),
+        accept_queue: int(spec.accept_queue, d.accept_queue),
+        dns_queries_per_lookup: int(spec.dns_queries_per_lookup, d.dns_queries_per_lookup),
+        dns_slow: duration(&spec.dns_slow, d.dns_slow),
+        outbound_per_minute: int(spec.outbound_per_minute, d.outbound_per_minute),
+        outbound_short_lifetime: duration(&spec.outbound_short_lifetime, d.outbound_short_lifetime),
+        keep_alive_closes_per_minute: int(
+            spec.keep_alive_closes_per_minute,
+            d.keep_alive_closes_per_minute,
+        ),
+        close_wait: int(spec.close_wait, d.close_wait),
+    }
 }
 
 /// Passthrough volumes and env must not collide with what the operator owns

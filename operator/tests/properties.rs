@@ -6,8 +6,8 @@
 use apiworkload_contract::SidecarArgs;
 use apiworkload_operator::{
     api::{
-        ApiWorkload, ApiWorkloadSpec, GoDuration, Profile, Recycling, ServerKind, UpstreamKind,
-        quantity::parse_quantity,
+        ApiWorkload, ApiWorkloadSpec, DiagnosisThresholds, GoDuration, Profile, Recycling,
+        ServerKind, UpstreamKind, quantity::parse_quantity,
     },
     budget::{GRACE_BUFFER, effective_upstream},
     plan::{Plan, plan},
@@ -52,12 +52,21 @@ prop_compose! {
         recycling in proptest::option::of((0i32..100_000, 0i32..10_000)),
         min_replicas in 0i32..20,
         extra in 0i32..20,
-        // Every form the CRD's duration pattern allows: compound, hours, fractions.
-        stall in proptest::sample::select(vec!["100ms", "1s", "1m30s", "1h", "1.5s", "2m", "250ms", "0.5s", "1h1m1s"]),
+        // Every form the CRD's duration pattern allows (compound, hours, fractions), within
+        // the field's bounds (10ms to 1m): a refused spec checks nothing below.
+        stall in proptest::sample::select(vec!["100ms", "1s", "0m30s", "0h1m", "1.5s", "59s", "250ms", "0.5s", "0h0m1.5s"]),
         // Host names as users write them (a regex strategy tripled the cost of a case).
         probes in proptest::collection::vec(proptest::sample::select(vec![
             "api.example.com", "db", "payments-api.prod.svc.cluster.local", "search.", "a1.b2.c3.d4",
         ]).prop_map(String::from), 0..4),
+        // Every threshold set in a quarter of the cases, each at any value its bounds allow.
+        thresholds in proptest::option::weighted(0.25, (
+            1i32..=100, 1i32..=100, 1i32..=65535, 2i32..=100,
+            proptest::sample::select(vec!["1ms", "500ms", "1.5s", "1m"]),
+            1i32..=1_000_000,
+            proptest::sample::select(vec!["1ms", "1s", "2m30s", "1h"]),
+            1i32..=1_000_000, 1i32..=65535,
+        )),
     ) -> ApiWorkloadSpec {
         let mut s: ApiWorkloadSpec = serde_json::from_value(serde_json::json!({
             "image": "registry.example/app:1", "app": "app.main:app"
@@ -85,6 +94,19 @@ prop_compose! {
         s.scaling.max_replicas = (min_replicas + extra).max(1);
         s.diagnostics.stall_threshold = stall.parse().unwrap();
         s.dns.probe = probes;
+        if let Some((stalled, throttled, accept, queries, slow, outbound, lifetime, closes, close_wait)) = thresholds {
+            s.diagnostics.thresholds = DiagnosisThresholds {
+                stalled_percent: Some(stalled),
+                cpu_throttled_percent: Some(throttled),
+                accept_queue: Some(accept),
+                dns_queries_per_lookup: Some(queries),
+                dns_slow: Some(slow.parse().unwrap()),
+                outbound_per_minute: Some(outbound),
+                outbound_short_lifetime: Some(lifetime.parse().unwrap()),
+                keep_alive_closes_per_minute: Some(closes),
+                close_wait: Some(close_wait),
+            };
+        }
         s
     }
 }
@@ -178,6 +200,24 @@ proptest! {
         prop_assert_eq!(&parsed.dns_probes, &spec.dns.probe);
         prop_assert_eq!(i32::from(parsed.app_port), spec.port);
         prop_assert_eq!(i64::from(parsed.workers), i64::from(p.sizing.workers));
+        let (t, asked) = (&parsed.thresholds, &spec.diagnostics.thresholds);
+        if let Some(stalled) = asked.stalled_percent {
+            let int = |v: Option<i32>| u32::try_from(v.unwrap()).unwrap();
+            let duration = |v: &Option<GoDuration>| v.as_ref().unwrap().0;
+            prop_assert_eq!(t, &apiworkload_contract::Thresholds {
+                stalled_percent: int(Some(stalled)),
+                cpu_throttled_percent: int(asked.cpu_throttled_percent),
+                accept_queue: int(asked.accept_queue),
+                dns_queries_per_lookup: int(asked.dns_queries_per_lookup),
+                dns_slow: duration(&asked.dns_slow),
+                outbound_per_minute: int(asked.outbound_per_minute),
+                outbound_short_lifetime: duration(&asked.outbound_short_lifetime),
+                keep_alive_closes_per_minute: int(asked.keep_alive_closes_per_minute),
+                close_wait: int(asked.close_wait),
+            });
+        } else {
+            prop_assert_eq!(t, &apiworkload_contract::Thresholds::default());
+        }
     }
 }
 

@@ -2,7 +2,8 @@
 //! with hysteresis: a condition turns False after `FALSE_AFTER` bad windows in a row and
 //! back to True after `TRUE_AFTER` good ones, so one slow probe does not flap it.
 
-use apiworkload_contract::SidecarCondition;
+pub use apiworkload_contract::Thresholds;
+use apiworkload_contract::{GoDuration, SidecarCondition};
 use serde::Serialize;
 
 use crate::window::Window;
@@ -15,73 +16,33 @@ pub const TRUE_AFTER: u32 = 5;
 /// a window's worth at the default 10 s is 100).
 const MIN_CPU_PERIODS: u64 = 20;
 
-/// Thresholds (defaults documented in `--help`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Thresholds {
-    /// Stalled fraction of a window that counts as bad.
-    pub stalled_fraction: f64,
-    /// Queries per lookup above which the search list is a tax (2 = A + AAAA once).
-    pub dns_queries_per_lookup: f64,
-    pub dns_slow_seconds: f64,
-    /// New outbound connections per second that count as churn…
-    pub outbound_per_second: f64,
-    /// …when they also live shorter than this.
-    pub outbound_short_lifetime_seconds: f64,
-    /// Server-side keep-alive closes per second that count as churn.
-    pub keep_alive_closes_per_second: f64,
-    /// Connections waiting to be accepted: every worker is busy or stalled.
-    pub accept_queue: u32,
-    /// CLOSE_WAIT sockets at once: the app does not close connections its peers closed.
-    pub close_wait: u32,
-    /// Share of the app container's CFS periods its CPU quota throttled.
-    pub cpu_throttled_fraction: f64,
-}
-
-impl Default for Thresholds {
-    fn default() -> Self {
-        Thresholds {
-            stalled_fraction: 0.05,
-            dns_queries_per_lookup: 4.0,
-            dns_slow_seconds: 0.5,
-            outbound_per_second: 1.0,
-            outbound_short_lifetime_seconds: 1.0,
-            keep_alive_closes_per_second: 0.05,
-            accept_queue: 3,
-            close_wait: 10,
-            cpu_throttled_fraction: 0.25,
-        }
-    }
-}
-
-impl Thresholds {
-    /// The conditions, their reasons and these thresholds, for `--help`.
-    pub fn describe(&self) -> String {
-        format!(
-            "Conditions (a window is --window long; a condition turns False after {FALSE_AFTER} bad windows in a row and True after {TRUE_AFTER} good ones):
+/// The conditions, their reasons and these thresholds, for `--help`.
+pub fn describe(t: &Thresholds) -> String {
+    format!(
+        "Conditions (a window is --window long; a condition turns False after {FALSE_AFTER} bad windows in a row and True after {TRUE_AFTER} good ones):
   EventLoopResponsive
-    LoopStalled      the event loop stalled more than {stalled:.0} % of a window (canary or heartbeat)
-    CPUThrottled     the CPU quota paused the app in more than {throttled:.0} % of its CFS periods (with the loop heartbeat)
-    AcceptBacklog    {accept} or more connections waiting to be accepted
+    LoopStalled      the event loop stalled more than {stalled} % of a window (canary or heartbeat; --stalled-percent)
+    CPUThrottled     the CPU quota paused the app in more than {throttled} % of its CFS periods (with the loop heartbeat; --cpu-throttled-percent)
+    AcceptBacklog    {accept} or more connections waiting to be accepted (--accept-queue)
     AppUnreachable   no canary request answered in a window, after the app had answered
   DNSHealthy
-    SearchAmplification  more than {queries} DNS queries per lookup
+    SearchAmplification  more than {queries} DNS queries per lookup (--dns-queries-per-lookup)
     Timeouts         DNS queries unanswered (some, or all)
-    SlowResolution   a lookup slower than {slow} ms
+    SlowResolution   a lookup slower than {slow} ms (--dns-slow)
   ConnectionsReused
-    OutboundChurn    more than {outbound} new outbound connections/s living under {lifetime} s
-    KeepAliveChurn   more than {closes} server keep-alive closes/s (one in a 10 s window)
-    CloseWaitLeak    {close_wait} or more sockets in CLOSE_WAIT",
-            stalled = self.stalled_fraction * 100.0,
-            accept = self.accept_queue,
-            throttled = self.cpu_throttled_fraction * 100.0,
-            queries = self.dns_queries_per_lookup,
-            slow = self.dns_slow_seconds * 1000.0,
-            outbound = self.outbound_per_second,
-            lifetime = self.outbound_short_lifetime_seconds,
-            closes = self.keep_alive_closes_per_second,
-            close_wait = self.close_wait,
-        )
-    }
+    OutboundChurn    more than {outbound} new outbound connections a minute, most living under {lifetime} (--outbound-per-minute, --outbound-short-lifetime)
+    KeepAliveChurn   more than {closes} server keep-alive closes a minute (--keep-alive-closes-per-minute)
+    CloseWaitLeak    {close_wait} or more sockets in CLOSE_WAIT (--close-wait)",
+        stalled = t.stalled_percent,
+        accept = t.accept_queue,
+        throttled = t.cpu_throttled_percent,
+        queries = t.dns_queries_per_lookup,
+        slow = t.dns_slow.as_millis(),
+        outbound = t.outbound_per_minute,
+        lifetime = GoDuration(t.outbound_short_lifetime),
+        closes = t.keep_alive_closes_per_minute,
+        close_wait = t.close_wait,
+    )
 }
 
 /// A verdict for one window: None = healthy, Some((reason, message)) = a problem.
@@ -112,9 +73,9 @@ fn event_loop(w: &Window, t: &Thresholds, app_answered_before: bool) -> Verdict 
     // 100 ms) and only the cgroup's own counters show them, and when it also makes
     // probes wait past the stall threshold, the limit is the fix to try first.
     if w.cpu_periods >= MIN_CPU_PERIODS
-        && w.cpu_throttled_periods as f64 > t.cpu_throttled_fraction * w.cpu_periods as f64
+        && w.cpu_throttled_periods as f64 > t.cpu_throttled_fraction() * w.cpu_periods as f64
     {
-        let also = if fraction > t.stalled_fraction {
+        let also = if fraction > t.stalled_fraction() {
             format!(
                 "; the event loop was also stalled {:.0}% of the window",
                 fraction * 100.0
@@ -130,7 +91,7 @@ fn event_loop(w: &Window, t: &Thresholds, app_answered_before: bool) -> Verdict 
             ),
         ));
     }
-    if fraction > t.stalled_fraction {
+    if fraction > t.stalled_fraction() {
         return Some((
             "LoopStalled",
             format!(
@@ -171,7 +132,7 @@ fn dns(w: &Window, t: &Thresholds) -> Verdict {
     }
     if let Some(q) = w
         .dns_queries_per_lookup
-        .filter(|q| *q > t.dns_queries_per_lookup)
+        .filter(|q| *q > f64::from(t.dns_queries_per_lookup))
     {
         return Some((
             "SearchAmplification",
@@ -181,7 +142,7 @@ fn dns(w: &Window, t: &Thresholds) -> Verdict {
         ));
     }
     w.dns_slowest_lookup_seconds
-        .filter(|s| *s > t.dns_slow_seconds)
+        .filter(|s| *s > t.dns_slow.as_secs_f64())
         .map(|s| {
             (
                 "SlowResolution",
@@ -198,14 +159,15 @@ fn connections(w: &Window, t: &Thresholds) -> Verdict {
     };
     let short = w
         .outbound_median_lifetime_seconds
-        .is_some_and(|l| l < t.outbound_short_lifetime_seconds);
-    if rate > t.outbound_per_second && short {
+        .is_some_and(|l| l < t.outbound_short_lifetime.as_secs_f64());
+    if rate > t.outbound_per_second() && short {
         return Some((
             "OutboundChurn",
             // Lifetimes are known to the 1 s sample only (most of these are seen only
             // closed): say the bound, not a made-up "0 ms".
             format!(
-                "{rate:.1} new outbound connections/s, most closed within a second of opening: an HTTP client created per request? Share one pooled client (httpx.AsyncClient, requests.Session)"
+                "{rate:.1} new outbound connections/s, most closed within {} of opening: an HTTP client created per request? Share one pooled client (httpx.AsyncClient, requests.Session)",
+                GoDuration(t.outbound_short_lifetime)
             ),
         ));
     }
@@ -214,7 +176,7 @@ fn connections(w: &Window, t: &Thresholds) -> Verdict {
     } else {
         0.0
     };
-    if idle_closes > t.keep_alive_closes_per_second {
+    if idle_closes > t.keep_alive_closes_per_second() {
         return Some((
             "KeepAliveChurn",
             format!(
@@ -442,6 +404,32 @@ mod tests {
         assert!(c.event_loop.status);
     }
 
+    /// The spec's thresholds, not the defaults, decide (`spec.diagnostics.thresholds`).
+    #[test]
+    fn raised_thresholds_let_the_same_evidence_pass() {
+        let w = Window {
+            window_seconds: 10.0,
+            stalled_seconds: 2.0,
+            dns_queries_per_lookup: Some(8.0),
+            outbound_opened: 120,
+            outbound_median_lifetime_seconds: Some(0.01),
+            ..Default::default()
+        };
+        let defaults = Thresholds::default();
+        assert_eq!(event_loop(&w, &defaults, true).unwrap().0, "LoopStalled");
+        assert_eq!(dns(&w, &defaults).unwrap().0, "SearchAmplification");
+        assert_eq!(connections(&w, &defaults).unwrap().0, "OutboundChurn");
+        let raised = Thresholds {
+            stalled_percent: 25,
+            dns_queries_per_lookup: 8,
+            outbound_per_minute: 720,
+            ..Thresholds::default()
+        };
+        assert_eq!(event_loop(&w, &raised, true), None);
+        assert_eq!(dns(&w, &raised), None);
+        assert_eq!(connections(&w, &raised), None);
+    }
+
     #[test]
     fn dns_and_connection_reasons() {
         let t = Thresholds::default();
@@ -480,7 +468,7 @@ mod tests {
         let (reason, message) = connections(&churn, &t).unwrap();
         assert_eq!(reason, "OutboundChurn");
         assert!(
-            message.starts_with("5.0 new outbound connections/s, most closed within a second"),
+            message.starts_with("5.0 new outbound connections/s, most closed within 1s of opening"),
             "a bound, not a measurement: {message}"
         );
         let pooled = Window {
@@ -582,14 +570,14 @@ mod tests {
 
     #[test]
     fn help_lists_every_reason_with_its_threshold() {
-        let text = Thresholds::default().describe();
+        let text = describe(&Thresholds::default());
         for needle in [
             "more than 5 % of a window",
             "3 or more connections waiting",
             "more than 4 DNS queries per lookup",
             "slower than 500 ms",
-            "more than 1 new outbound connections/s living under 1 s",
-            "more than 0.05 server keep-alive closes/s",
+            "more than 60 new outbound connections a minute, most living under 1s",
+            "more than 3 server keep-alive closes a minute",
             "10 or more sockets in CLOSE_WAIT",
             "more than 25 % of its CFS periods",
             "AppUnreachable",

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use tracing::{info, warn};
 
 use crate::{
-    conditions::{Conditions, Thresholds},
+    conditions::Conditions,
     config::Config,
     metrics::Metrics,
     podstatus::{PodStatusWriter, WritePolicy},
@@ -27,7 +27,6 @@ pub async fn evaluate(
     verdicts: Arc<Mutex<Verdicts>>,
     writer: Option<PodStatusWriter>,
 ) {
-    let thresholds = Thresholds::default();
     let mut policy = WritePolicy::new(config.conditions_heartbeat);
     let mut ticker = tokio::time::interval(config.window);
     ticker.tick().await;
@@ -40,7 +39,7 @@ pub async fn evaluate(
             let Ok(mut v) = verdicts.lock() else {
                 return;
             };
-            for flipped in v.conditions.evaluate(&window, &thresholds) {
+            for flipped in v.conditions.evaluate(&window, &config.app.thresholds) {
                 if let Some(c) = v.conditions.all().into_iter().find(|c| c.type_ == flipped) {
                     info!(condition = c.type_, status = c.status, reason = %c.reason, message = %c.message, "condition changed");
                 }

@@ -31,7 +31,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     // --help lists the conditions' thresholds (the ones the conditions use).
     let matches = Config::command()
-        .after_help(conditions::Thresholds::default().describe())
+        .after_help(conditions::describe(&conditions::Thresholds::default()))
         .get_matches();
     let config = Config::from_arg_matches(&matches)?;
     // A pod without resolv.conf still gets a sidecar that serves; it reports no search list.
@@ -47,6 +47,7 @@ async fn main() -> anyhow::Result<()> {
             lookups: Vec::new(),
         })),
         verdicts: Arc::new(Mutex::new(Verdicts::default())),
+        thresholds: Arc::new(config.app.thresholds.clone()),
     };
     let evidence = EvidenceSink::default();
     let listener = tokio::net::TcpListener::bind(config.app.listen)

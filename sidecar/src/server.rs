@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 use axum::{Json, Router, extract::State, response::IntoResponse, routing::get};
 
 use crate::{
-    evaluate::Verdicts, metrics::Metrics, resolv::SearchExpansion, watch::dns::LatestRound,
+    conditions::Thresholds, evaluate::Verdicts, metrics::Metrics, resolv::SearchExpansion,
+    watch::dns::LatestRound,
 };
 
 /// What the endpoints read; the watchers and the evaluator write it.
@@ -16,6 +17,7 @@ pub struct Shared {
     pub expansions: Arc<Vec<SearchExpansion>>,
     pub dns: Arc<Mutex<LatestRound>>,
     pub verdicts: Arc<Mutex<Verdicts>>,
+    pub thresholds: Arc<Thresholds>,
 }
 
 pub fn router(shared: Shared) -> Router {
@@ -39,7 +41,7 @@ async fn metrics(State(s): State<Shared>) -> impl IntoResponse {
 async fn report(State(s): State<Shared>) -> impl IntoResponse {
     let dns = s.dns.lock().map(|d| d.clone()).unwrap_or_default();
     let verdicts = s.verdicts.lock().map(|v| v.clone()).unwrap_or_default();
-    Json(report_json(&dns, &verdicts, &s.expansions))
+    Json(report_json(&dns, &verdicts, &s.expansions, &s.thresholds))
 }
 
 /// The /report document: camelCase keys throughout, conditions keyed by their type (as
@@ -48,6 +50,7 @@ pub fn report_json(
     dns: &LatestRound,
     verdicts: &Verdicts,
     expansions: &[SearchExpansion],
+    thresholds: &Thresholds,
 ) -> serde_json::Value {
     let conf = &dns.resolv;
     serde_json::json!({
@@ -62,6 +65,7 @@ pub fn report_json(
         "lastLookups": dns.lookups,
         "conditions": serde_json::to_value(&verdicts.conditions).unwrap_or_default(),
         "lastWindow": serde_json::to_value(&verdicts.last_window).unwrap_or_default(),
+        "thresholds": serde_json::to_value(thresholds).unwrap_or_default(),
     })
 }
 
@@ -112,7 +116,7 @@ mod tests {
             last_window: Some(Default::default()),
             ..Default::default()
         };
-        let report = report_json(&dns, &verdicts, &expansions);
+        let report = report_json(&dns, &verdicts, &expansions, &Thresholds::default());
         let conditions: Vec<&String> = report["conditions"].as_object().unwrap().keys().collect();
         assert_eq!(
             conditions,
@@ -124,5 +128,6 @@ mod tests {
         assert!(snake.is_empty(), "snake_case keys: {snake:?}");
         assert_eq!(report["lastLookups"][0]["answeredBy"], "api.example.com.");
         assert_eq!(report["searchExpansions"][0]["queriesBeforeName"], 2);
+        assert_eq!(report["thresholds"]["stalledPercent"], 5);
     }
 }

@@ -616,6 +616,52 @@ pub struct Diagnostics {
     /// (ahead of a value in `spec.env`), replacing one the image sets.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub loop_heartbeat: bool,
+    /// When the sidecar calls a window bad, per reason (unset: the defaults that
+    /// `apiworkload-sidecar --help` and the README list). Raise one that a healthy app
+    /// crosses by design, e.g. `outboundPerMinute` for a client that must not pool.
+    #[serde(default, skip_serializing_if = "DiagnosisThresholds::is_empty")]
+    pub thresholds: DiagnosisThresholds,
+}
+
+/// The sidecar's thresholds, each optional (rates per minute and shares in whole percents,
+/// so that every value is an integer or a duration).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DiagnosisThresholds {
+    /// LoopStalled: share of a window the event loop was stalled, in percent (5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stalled_percent: Option<i32>,
+    /// CPUThrottled: share of the app's CFS periods throttled by its CPU limit, in
+    /// percent (25; needs `loopHeartbeat`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_throttled_percent: Option<i32>,
+    /// AcceptBacklog: connections waiting to be accepted (3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accept_queue: Option<i32>,
+    /// SearchAmplification: DNS queries per lookup above this (4; 2 is A and AAAA once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_queries_per_lookup: Option<i32>,
+    /// SlowResolution: a lookup slower than this (500ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_slow: Option<GoDuration>,
+    /// OutboundChurn: new outbound connections a minute above this (60)…
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbound_per_minute: Option<i32>,
+    /// …most of them living shorter than this (1s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbound_short_lifetime: Option<GoDuration>,
+    /// KeepAliveChurn: the app's keep-alive closes a minute above this (3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_alive_closes_per_minute: Option<i32>,
+    /// CloseWaitLeak: sockets in CLOSE_WAIT at once (10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub close_wait: Option<i32>,
+}
+
+impl DiagnosisThresholds {
+    pub fn is_empty(&self) -> bool {
+        *self == DiagnosisThresholds::default()
+    }
 }
 
 impl Default for Diagnostics {
@@ -626,6 +672,7 @@ impl Default for Diagnostics {
             port: default_diagnostics_port(),
             image: None,
             loop_heartbeat: false,
+            thresholds: DiagnosisThresholds::default(),
         }
     }
 }
