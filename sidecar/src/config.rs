@@ -29,6 +29,11 @@ pub struct Config {
     /// with the defaults); each query that times out is evidence as it happens.
     #[arg(long, env = "APIW_DNS_INTERVAL", default_value = "15s", value_parser = parse_duration)]
     pub dns_interval: std::time::Duration,
+    /// With no configuration, DNS is still probed: the search-list names the app's
+    /// resolver would ask before this external name (its own query is not sent). Empty:
+    /// no walk.
+    #[arg(long, env = "APIW_DNS_WALK_NAME", default_value = crate::dns::TYPICAL_EXTERNAL_NAME)]
+    pub dns_walk_name: String,
     /// Port of the nameservers in resolv.conf (53; tests use a local server).
     #[arg(long, env = "APIW_DNS_PORT", default_value_t = 53)]
     pub dns_port: u16,

@@ -69,7 +69,16 @@ pub enum Mode {
     AsApp,
     /// The name alone (as with a trailing dot).
     Fqdn,
+    /// Only the search-list names the app's resolver asks before the name itself (none
+    /// when the name has `ndots` dots or more): the tax every external name pays, probed
+    /// without configuration for [`TYPICAL_EXTERNAL_NAME`], whose own query is not sent
+    /// (it would leave the cluster, and fail where there is no way out).
+    SearchWalk,
 }
+
+/// A name like the ones API services call (two dots: `api.stripe.com`), reserved by
+/// RFC 2606, so its search-list candidates exist nowhere.
+pub const TYPICAL_EXTERNAL_NAME: &str = "api.example.com";
 
 /// One lookup: every query it took, and how long the app waited.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -223,9 +232,14 @@ pub async fn lookup_reporting(
     mut on_query: impl FnMut(&QueryRecord),
 ) -> Lookup {
     let started = Instant::now();
+    let absolute = format!("{}.", target.trim_end_matches('.'));
     let names = match mode {
         Mode::AsApp => candidates(target, conf),
-        Mode::Fqdn => vec![format!("{}.", target.trim_end_matches('.'))],
+        Mode::Fqdn => vec![absolute],
+        Mode::SearchWalk => candidates(target, conf)
+            .into_iter()
+            .take_while(|n| *n != absolute)
+            .collect(),
     };
     let mut queries = Vec::new();
     let mut answered_by = None;

@@ -36,7 +36,15 @@ async fn main() -> anyhow::Result<()> {
     let config = Config::from_arg_matches(&matches)?;
     // A pod without resolv.conf still gets a sidecar that serves; it reports no search list.
     let conf = resolv::parse(&std::fs::read_to_string(&config.resolv_conf).unwrap_or_default());
-    let expansions = resolv::search_expansions(&conf, &config.app.dns_probes);
+    let walked = (!config.dns_walk_name.is_empty()).then(|| config.dns_walk_name.clone());
+    let probed: Vec<String> = config
+        .app
+        .dns_probes
+        .iter()
+        .cloned()
+        .chain(walked)
+        .collect();
+    let expansions = resolv::search_expansions(&conf, &probed);
     let metrics = Arc::new(Metrics::new(&expansions));
     metrics.own.set_app_workers(config.app.workers);
     let shared = server::Shared {
@@ -61,7 +69,7 @@ async fn main() -> anyhow::Result<()> {
 
     // Every task runs for the life of the process (see `supervise`).
     let mut tasks = tokio::task::JoinSet::new();
-    if !config.app.dns_probes.is_empty() {
+    if !probed.is_empty() {
         tasks.spawn(named(
             "DNS probes",
             watch::dns::probe(

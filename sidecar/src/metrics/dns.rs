@@ -109,6 +109,7 @@ impl DnsMetrics {
         let mode = match l.mode {
             Mode::AsApp => "as_app",
             Mode::Fqdn => "fqdn",
+            Mode::SearchWalk => "search_walk",
         };
         let labels = LookupLabels {
             target: l.target.clone(),
