@@ -9,7 +9,10 @@ install_prerequisites() {
   local missing=()
   command -v openssl >/dev/null || missing+=(openssl)
   command -v curl >/dev/null || missing+=(curl)
-  command -v flock >/dev/null && command -v setpriv >/dev/null || missing+=(util-linux)
+  command -v flock >/dev/null && command -v setpriv >/dev/null && command -v unshare >/dev/null ||
+    missing+=(util-linux)
+  # Network namespaces: the real node's and the healthy-app test's.
+  command -v ip >/dev/null || missing+=(iproute2)
   # A real DNS server for the sidecar's DNS tests.
   command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || missing+=(dnsmasq-base)
   # Prometheus and promtool: the dashboards' queries and the alert rules are tested with them.
