@@ -32,17 +32,36 @@ import socket
 
 __all__ = ["bye", "start"]
 
-# cgroup v2, then v1 (where throttled_time is in ns).
-_CPU_STAT = (
-    "/sys/fs/cgroup/cpu.stat",
-    "/sys/fs/cgroup/cpu,cpuacct/cpu.stat",
-    "/sys/fs/cgroup/cpu/cpu.stat",
-)
+# Where cgroup hierarchies are mounted: v2, then v1's cpu controller (alone or with cpuacct).
+_CGROUP_ROOTS = ("/sys/fs/cgroup", "/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup/cpu")
+
+
+def _cpu_stat_paths() -> "list[str]":
+    """This process's own cgroup's ``cpu.stat`` first (from ``/proc/self/cgroup``: a process
+    outside a container, or one whose runtime mounts the whole hierarchy), then each
+    mount's root (a container's own cgroup, where the runtime mounts only that)."""
+    own = []
+    try:
+        with open("/proc/self/cgroup") as f:
+            for line in f:
+                _, controllers, path = line.rstrip("\n").split(":", 2)
+                path = path.strip("/")
+                if not path:
+                    continue
+                if controllers == "":  # v2
+                    own.append("/sys/fs/cgroup/%s/cpu.stat" % path)
+                elif "cpu" in controllers.split(","):  # v1
+                    mount = "/sys/fs/cgroup/" + controllers
+                    own.append("%s/%s/cpu.stat" % (mount, path))
+    except (OSError, ValueError):
+        pass
+    return own + ["%s/cpu.stat" % root for root in _CGROUP_ROOTS]
 
 
 def _cpu_stat() -> "tuple[int, int, int] | None":
-    """(nr_periods, nr_throttled, throttled microseconds) of this container, if readable."""
-    for path in _CPU_STAT:
+    """(nr_periods, nr_throttled, throttled microseconds) of this process's cgroup, if
+    readable (v1's throttled_time is in ns)."""
+    for path in _cpu_stat_paths():
         try:
             with open(path, "rb") as f:
                 fields = dict(line.split(None, 1) for line in f.read().splitlines() if b" " in line)

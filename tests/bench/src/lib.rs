@@ -1,6 +1,8 @@
 //! Helpers shared by the benchmarks: process sampling, summary statistics, and Python
 //! servers started from the command the operator renders.
 
+pub mod cpu_quota;
+
 use std::{
     net::SocketAddr,
     os::unix::process::CommandExt,

@@ -16,9 +16,13 @@
 //!    keep-alive connections with 0–20 ms between requests (a balancer's pool), back
 //!    to back, or on a new connection each; the sidecar's average over 15 s
 //!    (`rate(inflight_request_seconds_total)`) against the app's own exact count (an
-//!    ASGI middleware's time integral). Target: within 10 %.
+//!    ASGI middleware's time integral). Target: within 10 %;
+//! 5. CPU throttling: a second app (with the loop heartbeat, its own sidecar) in a cgroup
+//!    with a CFS quota (none, 1500m, 500m, 200m; one uvicorn process uses at most a core)
+//!    under CPU-bound requests: the CFS periods and throttled periods the sidecar exports
+//!    against the kernel's own `cpu.stat` over the same load, `repeats` runs each.
 //!
-//!     tests/bench/run sidecar-accuracy [--repeats 5] [--sections stalls,dns,connections,inflight]
+//!     tests/bench/run sidecar-accuracy [--repeats 5] [--sections stalls,dns,connections,inflight,throttling]
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -32,7 +36,11 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use apiworkload_bench::{arg, quantile, target_dir};
+use apiworkload_bench::{
+    arg,
+    cpu_quota::{CfsCounters, CpuQuota},
+    quantile, target_dir,
+};
 use apiworkload_e2e::{PythonServer, dnsmasq_command, free_port, free_udp_addr, http_get};
 
 /// Moves this process (before any thread exists) into a new network namespace with
@@ -198,7 +206,7 @@ fn app_inflight_integral(addr: SocketAddr) -> anyhow::Result<f64> {
         .context("integral_seconds")
 }
 
-/// Whether `--sections` (comma-separated: stalls, dns, connections, inflight; all when
+/// Whether `--sections` (comma-separated: stalls, dns, connections, inflight, throttling; all when
 /// absent) includes `name`.
 fn section(name: &str) -> bool {
     let args: Vec<String> = std::env::args().collect();
@@ -579,6 +587,109 @@ fn main() -> anyhow::Result<()> {
             worst * 100.0
         );
     }
+    // 5. CPU throttling.
+    if section("throttling") {
+        cpu_throttling(&uid, repeats)?;
+    }
     let _ = std::fs::remove_file(&resolv);
+    Ok(())
+}
+
+/// The sidecar's throttling counters against the kernel's, per quota. The quota is lifted
+/// (no CFS bandwidth control: the counters stand still) before and after each load, so both
+/// sides are read at rest: the heartbeat's once-a-second `cpu.stat` has caught up.
+fn cpu_throttling(uid: &str, repeats: usize) -> anyhow::Result<()> {
+    let quota = CpuQuota::create(&format!("apiw-accuracy-{}", std::process::id()))?;
+    let heartbeat = free_udp_addr();
+    let app = PythonServer::uvicorn_with_heartbeat(&heartbeat);
+    quota.add(app.child.id())?;
+    let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let _sidecar = Killed(
+        Command::new(target_dir().join("release/apiworkload-sidecar"))
+            .args([
+                format!("--app-port={}", app.addr.port()),
+                format!("--app-uid={uid}"),
+                format!("--listen={listen}"),
+                format!("--heartbeat-listen={heartbeat}"),
+                "--resolv-conf=/dev/null".into(),
+            ])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .context("start the throttling section's sidecar")?,
+    );
+    let exported = || -> CfsCounters {
+        let text = http_get(listen, "/metrics")
+            .map(|r| r.body)
+            .unwrap_or_default();
+        let read = |name: &str| metric(&text, name, "");
+        CfsCounters {
+            periods: read("apiworkload_sidecar_app_cpu_periods_total") as u64,
+            throttled_periods: read("apiworkload_sidecar_app_cpu_throttled_periods_total") as u64,
+            throttled_usec: (read("apiworkload_sidecar_app_cpu_throttled_seconds_total") * 1e6)
+                .round() as u64,
+        }
+    };
+    let at_rest = || std::thread::sleep(Duration::from_millis(2500));
+    println!(
+        "  CPU throttling (quota around a second app, 2 clients of /cpu?seconds=0.01 for 5 s, {repeats} each)"
+    );
+    println!(
+        "    quota     kernel: periods  throttled  paused      sidecar: periods  throttled  paused      exact"
+    );
+    for millicores in [None, Some(1500u64), Some(500), Some(200)] {
+        let (mut kernel, mut sidecar, mut exact) = (vec![], vec![], 0);
+        for _ in 0..repeats {
+            quota.set(None)?;
+            at_rest();
+            let (k0, s0) = (quota.counters()?, exported());
+            quota.set(millicores)?;
+            let stop = Arc::new(AtomicBool::new(false));
+            let clients: Vec<_> = (0..2)
+                .map(|_| {
+                    let (stop, addr) = (stop.clone(), app.addr);
+                    std::thread::spawn(move || {
+                        while !stop.load(Ordering::Relaxed) {
+                            let _ = http_get(addr, "/cpu?seconds=0.01");
+                        }
+                    })
+                })
+                .collect();
+            std::thread::sleep(Duration::from_secs(5));
+            stop.store(true, Ordering::Relaxed);
+            for c in clients {
+                let _ = c.join();
+            }
+            quota.set(None)?;
+            at_rest();
+            let (k1, s1) = (quota.counters()?, exported());
+            let delta = |a: CfsCounters, b: CfsCounters| CfsCounters {
+                periods: b.periods.saturating_sub(a.periods),
+                throttled_periods: b.throttled_periods.saturating_sub(a.throttled_periods),
+                throttled_usec: b.throttled_usec.saturating_sub(a.throttled_usec),
+            };
+            let (k, s) = (delta(k0, k1), delta(s0, s1));
+            exact +=
+                usize::from(k.periods == s.periods && k.throttled_periods == s.throttled_periods);
+            kernel.push(k);
+            sidecar.push(s);
+        }
+        let show = |runs: &[CfsCounters]| {
+            let n = runs.len().max(1) as u64;
+            let sum = |f: fn(&CfsCounters) -> u64| runs.iter().map(f).sum::<u64>();
+            format!(
+                "{:7} {:10} {:7.2} s",
+                sum(|c| c.periods) / n,
+                sum(|c| c.throttled_periods) / n,
+                sum(|c| c.throttled_usec) as f64 / n as f64 / 1e6
+            )
+        };
+        println!(
+            "    {:7}          {}               {}     {exact}/{repeats}",
+            millicores.map_or("none".to_string(), |m| format!("{m}m")),
+            show(&kernel),
+            show(&sidecar)
+        );
+    }
     Ok(())
 }
