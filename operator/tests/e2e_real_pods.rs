@@ -11,7 +11,9 @@
 //! the Service drops no request, and one with its shutdown budget defeated does. The
 //! probes do their job: a slow start within the startup budget is not killed (one past it
 //! is), a worker blocked past its heartbeat is replaced by gunicorn and the pod is not
-//! restarted, and a dead server is restarted.
+//! restarted, and a dead server is restarted. A healthy app stays healthy beside all of
+//! it, and in-flight requests scale a workload through Prometheus and KEDA, whose
+//! fallback holds the replicas while Prometheus is down.
 //!
 //! One private cluster for the file (the operator installed by helm would otherwise
 //! reconcile the workloads of every other test on the shared one); the scenarios run
@@ -31,7 +33,10 @@ use apiworkload_operator::{
 use k8s_openapi::api::{
     apps::v1::Deployment, autoscaling::v2::HorizontalPodAutoscaler, core::v1::Pod,
 };
-use kube::{Api, api::ListParams};
+use kube::{
+    Api,
+    api::{ApiResource, DynamicObject, GroupVersionKind, ListParams},
+};
 use serde_json::{Value, json};
 
 const APP_IMAGE: &str = "localhost/apiworkload/testapp:1";
@@ -47,7 +52,12 @@ async fn the_chart_and_the_readme_example_run_on_real_pods() {
     let started = Instant::now();
     let cluster = PrivateCluster::up("real-pods");
     let node = RealNode::up(&cluster);
-    eprintln!("cluster and real node up in {:?}", started.elapsed());
+    // Before the operator starts: it renders ScaledObjects once KEDA's API is served.
+    node.keda();
+    eprintln!(
+        "cluster, real node, KEDA and Prometheus up in {:?}",
+        started.elapsed()
+    );
 
     let t = Instant::now();
     helm_install(&cluster);
@@ -59,6 +69,7 @@ async fn the_chart_and_the_readme_example_run_on_real_pods() {
     // server kind to have booted: with it, a full run's boots took long enough on the
     // two cores that hypercorn's startup probe killed it once.
     let (rolled_out, after_rollout) = tokio::sync::oneshot::channel();
+    let (rolled_out_too, after_rollout_too) = tokio::sync::oneshot::channel();
     let (booted, after_boots) = tokio::sync::oneshot::channel();
     tokio::join!(
         scenario("readme", readme_example(&cluster, &node)),
@@ -75,6 +86,7 @@ async fn the_chart_and_the_readme_example_run_on_real_pods() {
         scenario("rollout", async {
             a_rollout_drops_no_request(&cluster, &node).await;
             let _ = rolled_out.send(());
+            let _ = rolled_out_too.send(());
         }),
         scenario("probes", probes_do_their_job(&cluster, &node)),
         scenario("overload", overload_is_refused_not_queued(&cluster, &node)),
@@ -85,6 +97,10 @@ async fn the_chart_and_the_readme_example_run_on_real_pods() {
         scenario(
             "autoscaling",
             cpu_autoscaling_scales_real_pods(&cluster, &node, after_rollout)
+        ),
+        scenario(
+            "keda",
+            inflight_autoscaling_through_keda(&cluster, &node, after_rollout_too)
         ),
     );
     eprintln!("real-pod scenarios done in {:?}", started.elapsed());
@@ -589,6 +605,167 @@ async fn cpu_autoscaling_scales_real_pods(
     eprintln!(
         "autoscale: {scaled} Ready pods {:?} after the load started ({sent} requests), scaled in {scaled_in:?} after it stopped: {}",
         stopped.duration_since(t),
+        timeline.join("; ")
+    );
+}
+
+/// The in-flight path through KEDA (#19): Prometheus scrapes each sidecar's in-flight
+/// integral, the ScaledObject the operator renders (KEDA's API is served) queries it, and
+/// slow requests through the Service (8 at a time, 1 s each, against 2 per pod) take the
+/// workload from 1 replica to 3, with no change to the app. Then Prometheus stops: KEDA's
+/// fallback holds 2 replicas rather than letting the workload fall to its minimum at peak.
+/// With Prometheus back and the load gone, it scales in after the spec's 20 s window.
+async fn inflight_autoscaling_through_keda(
+    cluster: &Cluster,
+    node: &RealNode,
+    start_load: tokio::sync::oneshot::Receiver<()>,
+) {
+    let ns = node.namespace(cluster, "inflight").await;
+    apply_workload(
+        cluster,
+        &ns,
+        "inflight",
+        json!({"server": "uvicorn", "workers": {"count": 1},
+               "scaling": {"minReplicas": 1, "maxReplicas": 3, "metric": "inflight",
+                           "perWorkerConcurrency": 2, "target": 1.0, "scaleDownWindow": "20s"}}),
+    );
+    wait_status(cluster, &ns, "inflight", "a ScaledObject chosen", |aw| {
+        condition(aw, "AutoscalingReady").is_some_and(|c| c.reason == "KEDAInflight")
+    })
+    .await;
+    wait_ready(cluster, &ns, "inflight").await;
+    let scaled_objects: Api<DynamicObject> = Api::namespaced_with(
+        cluster.client().await,
+        &ns.name,
+        &ApiResource::from_gvk(&GroupVersionKind::gvk(
+            "keda.sh",
+            "v1alpha1",
+            "ScaledObject",
+        )),
+    );
+    let so_condition = |type_: &'static str| {
+        let scaled_objects = scaled_objects.clone();
+        async move {
+            let so = scaled_objects.get_opt("inflight").await.ok()??;
+            let conditions = so.data["status"]["conditions"].as_array()?.clone();
+            conditions
+                .iter()
+                .find(|c| c["type"] == type_)
+                .and_then(|c| c["status"].as_str().map(str::to_string))
+        }
+    };
+    poll_until(READY_WITHIN, "KEDA: the ScaledObject Ready", || async {
+        (so_condition("Ready").await.as_deref() == Some("True")).then_some(())
+    })
+    .await;
+    let address = service_address(cluster, &ns, "inflight").await;
+    let _ = start_load.await;
+
+    // 8 loops of 1 s requests (bounded: 300 s, 300 requests each).
+    let loads: Vec<_> = (0..8)
+        .map(|_| {
+            repeat_get(
+                node,
+                &format!("http://{address}/sleep?seconds=1"),
+                300,
+                Duration::from_secs(300),
+                Duration::ZERO,
+            )
+        })
+        .collect();
+    let t = Instant::now();
+    let replicas = || async {
+        let d = deployment_of(cluster, &ns, "inflight").await;
+        (
+            d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0),
+            d.status
+                .as_ref()
+                .and_then(|s| s.ready_replicas)
+                .unwrap_or(0),
+        )
+    };
+    // (seconds since the load started, replicas wanted, ready, what happened)
+    let mut timeline: Vec<(u64, i32, i32, &str)> = Vec::new();
+    let record = |timeline: &mut Vec<_>, (wanted, ready), what| {
+        if timeline
+            .last()
+            .is_none_or(|&(_, w, r, _)| (w, r) != (wanted, ready))
+        {
+            timeline.push((t.elapsed().as_secs(), wanted, ready, what));
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let now = replicas().await;
+        record(&mut timeline, now, "load");
+        if now.1 >= 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no scale-out to 3 within 240 s of in-flight load: {timeline:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let scaled_out = t.elapsed();
+
+    // Prometheus goes away at peak: KEDA's fallback (3 failed polls) holds 2 replicas.
+    node.stop("prometheus");
+    let outage = Instant::now();
+    let mut fallback_at = None;
+    while outage.elapsed() < Duration::from_secs(120) {
+        let now = replicas().await;
+        record(&mut timeline, now, "Prometheus stopped");
+        assert!(
+            now.0 >= 2,
+            "the workload fell below KEDA's fallback (2) with Prometheus down: {timeline:?}"
+        );
+        if fallback_at.is_none() && so_condition("Fallback").await.as_deref() == Some("True") {
+            fallback_at = Some(outage.elapsed());
+        }
+        if fallback_at.is_some_and(|f| outage.elapsed() > f + Duration::from_secs(30)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let fallback_at = fallback_at.unwrap_or_else(|| {
+        panic!("KEDA's fallback not active 120 s after Prometheus stopped: {timeline:?}")
+    });
+    // The fallback's own count (the middle of 1–3), not the HPA freezing its last decision.
+    assert_eq!(
+        replicas().await.0,
+        2,
+        "KEDA's fallback replicas with Prometheus down: {timeline:?}"
+    );
+
+    // Prometheus back, the load gone: back to one replica after the window.
+    node.keda();
+    let mut sent = 0;
+    for (stop, load) in loads {
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        sent += load.await.unwrap();
+    }
+    let stopped = Instant::now();
+    let deadline = stopped + Duration::from_secs(240);
+    loop {
+        let now = replicas().await;
+        record(&mut timeline, now, "Prometheus back, no load");
+        if now.0 == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no scale-in within 240 s of the load stopping: {timeline:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let timeline: Vec<String> = timeline
+        .iter()
+        .map(|(s, w, r, what)| format!("{s}s: {w} wanted, {r} ready ({what})"))
+        .collect();
+    eprintln!(
+        "keda: 3 Ready pods {scaled_out:?} after the in-flight load started ({sent} requests); fallback active {fallback_at:?} after Prometheus stopped; scaled in {:?} after the load stopped: {}",
+        stopped.elapsed(),
         timeline.join("; ")
     );
 }

@@ -252,6 +252,34 @@ impl RealNode {
         node
     }
 
+    /// Starts KEDA and Prometheus beside the node (`tests/cluster/node keda`; starts only
+    /// what is not running): the in-flight autoscaling path. Fails loudly when it cannot.
+    pub fn keda(&self) {
+        let out = self
+            .script(&["keda"])
+            .output()
+            .expect("run tests/cluster/node keda");
+        assert!(
+            out.status.success(),
+            "tests/cluster/node keda failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Stops one of the node's components (e.g. `prometheus`), as an outage would.
+    pub fn stop(&self, component: &str) {
+        let out = self
+            .script(&["stop", component])
+            .output()
+            .expect("run tests/cluster/node stop");
+        assert!(
+            out.status.success(),
+            "tests/cluster/node stop {component}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// A namespace whose every pod lands on the real node, under Pod Security
     /// "restricted": its annotations are read by the API server's PodNodeSelector and
     /// PodTolerationRestriction admission plugins, so the workloads a test applies stay
