@@ -13,7 +13,7 @@ use k8s_openapi::{
 use kube::ResourceExt;
 use serde_json::json;
 
-use super::{Autoscaler, RenderContext, child_meta};
+use super::{APP_CONTAINER, Autoscaler, RenderContext, child_meta};
 use crate::{
     api::{ApiWorkload, ScalingMetric},
     plan::Plan,
@@ -166,17 +166,40 @@ pub fn inflight_query(aw: &ApiWorkload) -> String {
     }
 }
 
+/// `cpu_backstop`: a CPU trigger on the app container beside the query's, as the HPA path
+/// has (KEDA scales on the larger of the two; its fallback still applies, the query's
+/// being `AverageValue`).
 fn scaled_object(
     aw: &ApiWorkload,
     ctx: &RenderContext,
     query: String,
     threshold: String,
+    cpu_backstop: bool,
 ) -> serde_json::Value {
     let s = &aw.spec.scaling;
     let meta = child_meta(aw);
     // If Prometheus is unreachable, hold the middle of the range instead of letting the
     // workload fall to its minimum at peak.
     let fallback_replicas = super::div_ceil(s.min_replicas + s.max_replicas, 2).max(1);
+    let mut triggers = vec![json!({
+        "type": "prometheus",
+        "metricType": "AverageValue",
+        "metadata": {
+            "serverAddress": ctx.prometheus_address,
+            "query": query,
+            "threshold": threshold,
+            // A missing series is an error (so the fallback applies), not zero load.
+            "ignoreNullValues": "false",
+        },
+    })];
+    if cpu_backstop {
+        // The app container's CPU against its own request: the sidecar's is not load.
+        triggers.push(json!({
+            "type": "cpu",
+            "metricType": "Utilization",
+            "metadata": {"value": CPU_BACKSTOP_PERCENT.to_string(), "containerName": APP_CONTAINER},
+        }));
+    }
     json!({
         "apiVersion": "keda.sh/v1alpha1",
         "kind": "ScaledObject",
@@ -189,17 +212,7 @@ fn scaled_object(
             "cooldownPeriod": scale_down_window(&aw.spec),
             "fallback": {"failureThreshold": 3, "replicas": fallback_replicas},
             "advanced": {"horizontalPodAutoscalerConfig": {"behavior": behavior(scale_down_window(&aw.spec))}},
-            "triggers": [{
-                "type": "prometheus",
-                "metricType": "AverageValue",
-                "metadata": {
-                    "serverAddress": ctx.prometheus_address,
-                    "query": query,
-                    "threshold": threshold,
-                    // A missing series is an error (so the fallback applies), not zero load.
-                    "ignoreNullValues": "false",
-                },
-            }],
+            "triggers": triggers,
         },
     })
 }
@@ -239,12 +252,12 @@ pub fn autoscaler(aw: &ApiWorkload, plan: &Plan, ctx: &RenderContext) -> (Autosc
             },
         ),
         (ScalingMetric::Inflight, true) => (
-            Autoscaler::ScaledObject(scaled_object(aw, ctx, inflight_query(aw), per_pod.clone())),
+            Autoscaler::ScaledObject(scaled_object(aw, ctx, inflight_query(aw), per_pod.clone(), true)),
             Note {
                 ready: true,
                 reason: "KEDAInflight",
                 message: format!(
-                    "KEDA ScaledObject on {}, {per_pod} per pod",
+                    "KEDA ScaledObject on {}, {per_pod} per pod, with a CPU backstop at {CPU_BACKSTOP_PERCENT}%",
                     source.describe()
                 ),
             },
@@ -255,6 +268,7 @@ pub fn autoscaler(aw: &ApiWorkload, plan: &Plan, ctx: &RenderContext) -> (Autosc
                 ctx,
                 s.query.clone().unwrap_or_default(),
                 s.query_target.clone().unwrap_or_default(),
+                false,
             )),
             Note { ready: true, reason: "KEDACustomQuery", message: "KEDA ScaledObject on the custom query".into() },
         ),
@@ -361,6 +375,13 @@ mod tests {
             r#"sum(rate(apiworkload_sidecar_inflight_request_seconds_total{namespace="prod",pod=~"search-api-[a-z0-9]+-[a-z0-9]+"}[1m]))"#
         );
         assert_eq!(so["metadata"]["ownerReferences"][0]["kind"], "ApiWorkload");
+        // The CPU backstop the HPA path has, beside the in-flight query.
+        assert_eq!(
+            so["spec"]["triggers"][1],
+            json!({"type": "cpu", "metricType": "Utilization",
+                   "metadata": {"value": "85", "containerName": "app"}})
+        );
+        assert_eq!(so["spec"]["triggers"].as_array().unwrap().len(), 2);
     }
 
     #[test]
