@@ -210,7 +210,10 @@ fn scaled_object(
             "maxReplicaCount": s.max_replicas,
             "pollingInterval": 15,
             "cooldownPeriod": scale_down_window(&aw.spec),
-            "fallback": {"failureThreshold": 3, "replicas": fallback_replicas},
+            // Hold the current replicas: not the minimum during an outage at peak, and not
+            // the middle of the range for a new workload whose series Prometheus has not
+            // scraped yet (`replicas` only if the current count cannot be read).
+            "fallback": {"failureThreshold": 3, "replicas": fallback_replicas, "behavior": "currentReplicas"},
             "advanced": {"horizontalPodAutoscalerConfig": {"behavior": behavior(scale_down_window(&aw.spec))}},
             "triggers": triggers,
         },
@@ -370,6 +373,7 @@ mod tests {
                 .contains(r#"namespace="prod",pod=~"search-api-"#)
         );
         assert_eq!(so["spec"]["fallback"]["replicas"], 6);
+        assert_eq!(so["spec"]["fallback"]["behavior"], "currentReplicas");
         assert_eq!(
             trigger["query"],
             r#"sum(rate(apiworkload_sidecar_inflight_request_seconds_total{namespace="prod",pod=~"search-api-[a-z0-9]+-[a-z0-9]+"}[1m]))"#
