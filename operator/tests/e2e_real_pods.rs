@@ -457,17 +457,13 @@ async fn cpu_throttling_is_named(
     // Sent when the other scenario's boots are over, or dropped when it does not run.
     let _ = start_load.await;
     // Two loops of GETs (bounded), each on a new connection.
-    let loads: Vec<_> = (0..2)
-        .map(|_| {
-            repeat_get(
-                node,
-                &format!("http://{address}/cpu?seconds=0.01"),
-                20_000,
-                Duration::from_secs(240),
-                Duration::ZERO,
-            )
-        })
-        .collect();
+    let loads = concurrent_gets(
+        node,
+        2,
+        &format!("http://{address}/cpu?seconds=0.01"),
+        20_000,
+        Duration::from_secs(240),
+    );
     let t = Instant::now();
     wait_status(cluster, &ns, "throttled", "CPUThrottled rolled up", |aw| {
         condition(aw, "EventLoopResponsive")
@@ -475,11 +471,7 @@ async fn cpu_throttling_is_named(
     })
     .await;
     let named_after = t.elapsed();
-    let mut sent = 0;
-    for (stop, load) in loads {
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        sent += load.await.unwrap();
-    }
+    let sent = stop_all(loads).await;
     let pods = workload_pods(cluster, &ns, "throttled").await;
     let c = pod_condition(&pods[0], "apiworkload.io/EventLoopResponsive").unwrap();
     eprintln!(
@@ -550,14 +542,7 @@ async fn cpu_autoscaling_scales_real_pods(
     let mut timeline = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(240);
     let scaled = loop {
-        let d = deployment_of(cluster, &ns, "scales").await;
-        let (wanted, ready) = (
-            d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0),
-            d.status
-                .as_ref()
-                .and_then(|s| s.ready_replicas)
-                .unwrap_or(0),
-        );
+        let (wanted, ready) = replicas_of(cluster, &ns, "scales").await;
         if timeline
             .last()
             .is_none_or(|&(_, w, r, _)| (w, r) != (wanted, ready))
@@ -579,14 +564,8 @@ async fn cpu_autoscaling_scales_real_pods(
     let peak = timeline.iter().map(|&(_, w, _, _)| w).max().unwrap_or(0);
     let deadline = stopped + Duration::from_secs(240);
     let scaled_in = loop {
-        let d = deployment_of(cluster, &ns, "scales").await;
-        let wanted = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+        let (wanted, ready) = replicas_of(cluster, &ns, "scales").await;
         if timeline.last().is_none_or(|&(_, w, _, _)| w != wanted) {
-            let ready = d
-                .status
-                .as_ref()
-                .and_then(|s| s.ready_replicas)
-                .unwrap_or(0);
             timeline.push((t.elapsed().as_secs(), wanted, ready, utilization().await));
         }
         if wanted < peak.max(scaled) {
@@ -684,28 +663,15 @@ async fn inflight_autoscaling_through_keda(
     let _ = start_load.await;
 
     // 8 loops of 1 s requests (bounded: 300 s, 300 requests each).
-    let loads: Vec<_> = (0..8)
-        .map(|_| {
-            repeat_get(
-                node,
-                &format!("http://{address}/sleep?seconds=1"),
-                300,
-                Duration::from_secs(300),
-                Duration::ZERO,
-            )
-        })
-        .collect();
+    let loads = concurrent_gets(
+        node,
+        8,
+        &format!("http://{address}/sleep?seconds=1"),
+        300,
+        Duration::from_secs(300),
+    );
     let t = Instant::now();
-    let replicas = || async {
-        let d = deployment_of(cluster, &ns, "inflight").await;
-        (
-            d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0),
-            d.status
-                .as_ref()
-                .and_then(|s| s.ready_replicas)
-                .unwrap_or(0),
-        )
-    };
+    let replicas = || replicas_of(cluster, &ns, "inflight");
     // (seconds since the load started, replicas wanted, ready, what happened)
     let mut timeline: Vec<(u64, i32, i32, &str)> = Vec::new();
     let record = |timeline: &mut Vec<_>, (wanted, ready), what| {
@@ -759,11 +725,7 @@ async fn inflight_autoscaling_through_keda(
 
     // Prometheus back, the load gone: back to one replica after the window.
     node.keda();
-    let mut sent = 0;
-    for (stop, load) in loads {
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        sent += load.await.unwrap();
-    }
+    let sent = stop_all(loads).await;
     let stopped = Instant::now();
     let deadline = stopped + Duration::from_secs(240);
     loop {
@@ -1062,6 +1024,49 @@ fn repeat_get(
 
 /// Waits until the Deployment runs only pods of its current template (`replicas` of them,
 /// all ready) and no old pod is left, even terminating.
+/// `clients` loops of [`repeat_get`] at once, each bounded alike, with no pause.
+fn concurrent_gets(
+    node: &RealNode,
+    clients: usize,
+    url: &str,
+    max_requests: usize,
+    max_time: Duration,
+) -> Vec<(
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tokio::task::JoinHandle<usize>,
+)> {
+    (0..clients)
+        .map(|_| repeat_get(node, url, max_requests, max_time, Duration::ZERO))
+        .collect()
+}
+
+/// Stops loops of [`repeat_get`]; the requests they sent in all.
+async fn stop_all(
+    loads: Vec<(
+        std::sync::Arc<std::sync::atomic::AtomicBool>,
+        tokio::task::JoinHandle<usize>,
+    )>,
+) -> usize {
+    let mut sent = 0;
+    for (stop, load) in loads {
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        sent += load.await.unwrap();
+    }
+    sent
+}
+
+/// (replicas wanted, Ready) of a workload's Deployment.
+async fn replicas_of(cluster: &Cluster, ns: &TestNamespace, name: &str) -> (i32, i32) {
+    let d = deployment_of(cluster, ns, name).await;
+    (
+        d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0),
+        d.status
+            .as_ref()
+            .and_then(|s| s.ready_replicas)
+            .unwrap_or(0),
+    )
+}
+
 async fn wait_rolled_out(cluster: &Cluster, ns: &TestNamespace, name: &str) {
     poll_until(READY_WITHIN, &format!("{name} rolled out"), || async {
         // Not there yet right after the apply: the operator creates it.

@@ -255,27 +255,22 @@ impl RealNode {
     /// Starts KEDA and Prometheus beside the node (`tests/cluster/node keda`; starts only
     /// what is not running): the in-flight autoscaling path. Fails loudly when it cannot.
     pub fn keda(&self) {
-        let out = self
-            .script(&["keda"])
-            .output()
-            .expect("run tests/cluster/node keda");
-        assert!(
-            out.status.success(),
-            "tests/cluster/node keda failed ({}):\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.run(&["keda"]);
     }
 
     /// Stops one of the node's components (e.g. `prometheus`), as an outage would.
     pub fn stop(&self, component: &str) {
-        let out = self
-            .script(&["stop", component])
-            .output()
-            .expect("run tests/cluster/node stop");
+        self.run(&["stop", component]);
+    }
+
+    /// Runs `tests/cluster/node <args>`; fails loudly, with its stderr, when it fails.
+    fn run(&self, args: &[&str]) {
+        let out = self.script(args).output().expect("run tests/cluster/node");
         assert!(
             out.status.success(),
-            "tests/cluster/node stop {component}: {}",
+            "tests/cluster/node {} failed ({}):\n{}",
+            args.join(" "),
+            out.status,
             String::from_utf8_lossy(&out.stderr)
         );
     }

@@ -206,6 +206,30 @@ fn app_inflight_integral(addr: SocketAddr) -> anyhow::Result<f64> {
         .context("integral_seconds")
 }
 
+/// The release sidecar beside `app` (its port, user and heartbeat address) with `extra`
+/// flags, on a free loopback port: the process (killed on drop) and its address.
+fn start_sidecar(
+    app: &PythonServer,
+    uid: &str,
+    heartbeat: &str,
+    extra: &[String],
+) -> anyhow::Result<(Killed, SocketAddr)> {
+    let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let child = Command::new(target_dir().join("release/apiworkload-sidecar"))
+        .args([
+            format!("--app-port={}", app.addr.port()),
+            format!("--app-uid={uid}"),
+            format!("--listen={listen}"),
+            format!("--heartbeat-listen={heartbeat}"),
+        ])
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .context("start the sidecar")?;
+    Ok((Killed(child), listen))
+}
+
 /// Whether `--sections` (comma-separated: stalls, dns, connections, inflight, throttling; all when
 /// absent) includes `name`.
 fn section(name: &str) -> bool {
@@ -409,25 +433,18 @@ fn main() -> anyhow::Result<()> {
     let heartbeat = free_udp_addr();
     let upstream = PythonServer::uvicorn();
     let app = PythonServer::uvicorn_with_heartbeat(&heartbeat);
-    let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let _sidecar = Killed(
-        Command::new(target_dir().join("release/apiworkload-sidecar"))
-            .args([
-                format!("--app-port={}", app.addr.port()),
-                format!("--app-uid={uid}"),
-                format!("--listen={listen}"),
-                format!("--heartbeat-listen={heartbeat}"),
-                "--stall-threshold=25ms".into(),
-                "--dns-probe=api.example.test".into(),
-                "--dns-interval=1s".into(),
-                format!("--dns-port={relay}"),
-                format!("--resolv-conf={}", resolv.display()),
-            ])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .context("start the sidecar")?,
-    );
+    let (_sidecar, listen) = start_sidecar(
+        &app,
+        &uid,
+        &heartbeat,
+        &[
+            "--stall-threshold=25ms".into(),
+            "--dns-probe=api.example.test".into(),
+            "--dns-interval=1s".into(),
+            format!("--dns-port={relay}"),
+            format!("--resolv-conf={}", resolv.display()),
+        ],
+    )?;
     let scrape = || {
         http_get(listen, "/metrics")
             .map(|r| r.body)
@@ -603,21 +620,8 @@ fn cpu_throttling(uid: &str, repeats: usize) -> anyhow::Result<()> {
     let heartbeat = free_udp_addr();
     let app = PythonServer::uvicorn_with_heartbeat(&heartbeat);
     quota.add(app.child.id())?;
-    let listen: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    let _sidecar = Killed(
-        Command::new(target_dir().join("release/apiworkload-sidecar"))
-            .args([
-                format!("--app-port={}", app.addr.port()),
-                format!("--app-uid={uid}"),
-                format!("--listen={listen}"),
-                format!("--heartbeat-listen={heartbeat}"),
-                "--resolv-conf=/dev/null".into(),
-            ])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .context("start the throttling section's sidecar")?,
-    );
+    let (_sidecar, listen) =
+        start_sidecar(&app, uid, &heartbeat, &["--resolv-conf=/dev/null".into()])?;
     let exported = || -> CfsCounters {
         let text = http_get(listen, "/metrics")
             .map(|r| r.body)
